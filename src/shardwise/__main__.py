@@ -1,0 +1,9 @@
+"""``python -m shardwise`` is the ``shardwise`` command."""
+
+from __future__ import annotations
+
+import sys
+
+from shardwise.cli import main
+
+sys.exit(main())

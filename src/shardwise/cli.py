@@ -1,0 +1,211 @@
+"""The ``shardwise`` command: run, validate, checkpoints, db, demo.
+
+Exit codes: 0 success, 1 runtime failure, 2 invalid configuration or handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+
+from shardwise import __version__
+from shardwise.config import Settings, load_config
+from shardwise.errors import ConfigError, HandlerImportError, ShardwiseError
+from shardwise.observe.logging import configure_logging
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_INVALID = 2
+DEFAULT_CONFIG = "shardwise.yaml"
+
+log = structlog.get_logger("shardwise.cli")
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c",
+        "--config",
+        default=DEFAULT_CONFIG,
+        type=Path,
+        help=f"path to the YAML configuration (default: ./{DEFAULT_CONFIG})",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shardwise",
+        description="Run stock Lambda handlers on DynamoDB Streams, with Lambda's semantics.",
+    )
+    parser.add_argument("--version", action="version", version=f"shardwise {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the processors of a config until stopped")
+    _config_arg(run)
+    run.set_defaults(func=_cmd_run)
+
+    validate = commands.add_parser("validate", help="check a config and import its handlers")
+    _config_arg(validate)
+    validate.set_defaults(func=_cmd_validate)
+
+    checkpoints = commands.add_parser("checkpoints", help="print the stored shard checkpoints")
+    _config_arg(checkpoints)
+    checkpoints.add_argument("--processor", help="only this processor")
+    checkpoints.set_defaults(func=_cmd_checkpoints)
+
+    db = commands.add_parser("db", help="manage the checkpoint store's schema")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
+    upgrade = db_commands.add_parser("upgrade", help="apply schema migrations (Alembic)")
+    _config_arg(upgrade)
+    upgrade.add_argument("--revision", default="head", help="target revision (default: head)")
+    upgrade.set_defaults(func=_cmd_db_upgrade)
+    current = db_commands.add_parser("current", help="print the schema revision")
+    _config_arg(current)
+    current.set_defaults(func=_cmd_db_current)
+
+    demo = commands.add_parser(
+        "demo", help="an embedded DynamoDB (moto) with items written continuously, consumed live"
+    )
+    demo.add_argument("--seconds", type=float, default=None, help="stop after this long")
+    demo.add_argument(
+        "--writes-per-second", type=float, default=20.0, help="item writes per second"
+    )
+    demo.add_argument("--workdir", type=Path, default=None, help="where the demo keeps its files")
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def _load(path: Path) -> Settings:
+    return load_config(path)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    configure_logging(settings.log.level, settings.log.format)
+    from shardwise.supervisor import Supervisor
+
+    asyncio.run(Supervisor(settings).run())
+    return EXIT_OK
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from shardwise.processors import import_handler
+    from shardwise.supervisor import search_paths
+
+    settings = _load(args.config)
+    problems: list[str] = []
+    for index, processor in enumerate(settings.processors):
+        try:
+            import_handler(processor.handler, search_paths(settings))
+        except HandlerImportError as exc:
+            problems.append(f"processors[{index}].handler: {exc}")
+    if problems:
+        raise ConfigError(problems, source=str(args.config))
+    names = ", ".join(p.name for p in settings.processors)
+    print(f"{args.config}: OK ({len(settings.processors)} processor(s): {names})")
+    return EXIT_OK
+
+
+def _cmd_checkpoints(args: argparse.Namespace) -> int:
+    from shardwise.store import CheckpointStore
+
+    settings = _load(args.config)
+
+    async def rows() -> list[list[str]]:
+        async with await CheckpointStore.connect(settings.store.url, migrate=False) as store:
+            found = await store.list(args.processor)
+        return [
+            [
+                c.processor,
+                c.shard_id,
+                c.sequence_number or f"({c.start_position.value})",
+                "yes" if c.finished else "no",
+                c.updated_at.isoformat(timespec="seconds"),
+                c.stream_arn,
+            ]
+            for c in found
+        ]
+
+    table = asyncio.run(rows())
+    if not table:
+        print("no checkpoints yet")
+        return EXIT_OK
+    header = ["PROCESSOR", "SHARD", "SEQUENCE", "FINISHED", "UPDATED", "STREAM"]
+    print(_format_table(header, table))
+    return EXIT_OK
+
+
+def _format_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    head = "  ".join(cell.ljust(w) for cell, w in zip(header, widths, strict=True))
+    return "\n".join([head.rstrip(), *(line.rstrip() for line in lines)])
+
+
+def _cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from shardwise.store import current_revision, redact_url, upgrade
+
+    settings = _load(args.config)
+    asyncio.run(upgrade(settings.store.url, args.revision))
+    revision = asyncio.run(current_revision(settings.store.url))
+    print(f"{redact_url(settings.store.url)}: schema at revision {revision}")
+    return EXIT_OK
+
+
+def _cmd_db_current(args: argparse.Namespace) -> int:
+    from shardwise.store import current_revision, redact_url
+
+    settings = _load(args.config)
+    revision = asyncio.run(current_revision(settings.store.url))
+    print(f"{redact_url(settings.store.url)}: {revision or 'no schema (run shardwise db upgrade)'}")
+    return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from shardwise.demo import run_demo
+
+    return run_demo(
+        seconds=args.seconds, writes_per_second=args.writes_per_second, workdir=args.workdir
+    )
+
+
+def _first_error(exc: BaseException) -> BaseException:
+    """The first real error inside (nested) exception groups from TaskGroups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except BaseException as raised:
+        exc = _first_error(raised)
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        if isinstance(exc, ConfigError):
+            print(f"error: invalid configuration {exc.source or ''}".rstrip(), file=sys.stderr)
+            for problem in exc.problems:
+                print(f"  {problem}", file=sys.stderr)
+            return EXIT_INVALID
+        if isinstance(exc, HandlerImportError):
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_INVALID
+        if isinstance(exc, ShardwiseError):
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        raise
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Time: interruptible sleeps and jittered exponential backoff, on ``time.monotonic()``."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+
+__all__ = ["Backoff", "sleep_or_stop"]
+
+
+async def sleep_or_stop(stop: asyncio.Event, delay_s: float) -> bool:
+    """Sleep ``delay_s`` unless ``stop`` is set first; True when stopping."""
+    if stop.is_set():
+        return True
+    if delay_s <= 0:
+        return False
+    try:
+        async with asyncio.timeout(delay_s):
+            await stop.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff with "equal jitter": half the step fixed, half random.
+
+    ``delay(1)`` is in ``[base/2, base]``, doubling per attempt up to ``cap_s``.
+    """
+
+    base_s: float
+    cap_s: float
+
+    def delay(self, attempt: int) -> float:
+        step = min(self.cap_s, self.base_s * 2.0 ** max(0, attempt - 1))
+        return step / 2 + random.uniform(0, step / 2)
+
+
+# A failing handler: retried after ~0.5 s, 1 s, 2 s ... at most every 30 s.
+HANDLER_BACKOFF = Backoff(base_s=0.5, cap_s=30.0)
+# Throttling, 5xx and transport errors of the stream API.
+API_BACKOFF = Backoff(base_s=0.2, cap_s=10.0)

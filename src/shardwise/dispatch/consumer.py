@@ -1,0 +1,288 @@
+"""One shard's lifecycle: read pages, cut batches, deliver them, checkpoint, finish.
+
+Records of a shard are delivered strictly in order with one batch in flight. A batch is
+checkpointed (its last sequence number) only after the handler succeeded; a closed shard
+read to its end is marked finished so its children can start.
+
+Source errors are handled here, per shard:
+
+* ``ExpiredIteratorError``: reopen after the last record read (nothing re-delivered).
+* ``TrimmedDataError``: per ``on_trimmed_data`` - ``trim_horizon`` logs an error naming the
+  shard and the gap, counts it and resumes at TRIM_HORIZON; ``stop`` raises.
+* ``ShardNotFoundError``: the shard aged out of the stream; logged and counted, and left to
+  the lineage rules (a parent that is no longer listed counts as done).
+* throttling, 5xx, transport errors: retried with jittered exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import structlog
+
+from shardwise.clock import API_BACKOFF, HANDLER_BACKOFF, sleep_or_stop
+from shardwise.dispatch.batcher import Batcher
+from shardwise.errors import (
+    ExpiredIteratorError,
+    ShardNotFoundError,
+    SourceError,
+    StoreError,
+    ThrottledError,
+    TrimmedDataError,
+)
+from shardwise.observe.progress import ProcessorProgress
+from shardwise.processors import Processor
+from shardwise.records import (
+    Batch,
+    Position,
+    RecordPage,
+    SequenceNumber,
+    ShardId,
+    StartingPosition,
+)
+from shardwise.sources.base import MAX_RECORDS_PER_CALL, ShardSource
+
+__all__ = ["Checkpointer", "ConsumerSettings", "ShardConsumer", "ShardOutcome"]
+
+log = structlog.get_logger("shardwise.dispatch")
+
+
+class Checkpointer(Protocol):
+    """Durable positions of one processor on one stream."""
+
+    async def save(self, shard_id: ShardId, sequence_number: SequenceNumber) -> None: ...
+
+    async def finish(self, shard_id: ShardId, sequence_number: SequenceNumber | None) -> None: ...
+
+
+class ShardOutcome(enum.Enum):
+    FINISHED = "finished"  # closed and fully processed
+    STOPPED = "stopped"  # shutdown requested
+    GONE = "gone"  # no longer in the stream
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSettings:
+    batch_size: int
+    window_s: float
+    on_trimmed_data: Literal["trim_horizon", "stop"] = "trim_horizon"
+    # Lambda polls each shard about 4 times per second.
+    poll_interval_s: float = 0.25
+
+
+class ShardConsumer:
+    """Reads one shard and feeds its batches to the processor, in order."""
+
+    def __init__(
+        self,
+        *,
+        source: ShardSource,
+        shard_id: ShardId,
+        start: Position,
+        processor: Processor,
+        checkpointer: Checkpointer,
+        settings: ConsumerSettings,
+        stop: asyncio.Event,
+        progress: ProcessorProgress,
+    ) -> None:
+        self._source = source
+        self._shard_id = shard_id
+        self._start = start
+        self._processor = processor
+        self._checkpointer = checkpointer
+        self._settings = settings
+        self._stop = stop
+        self._progress = progress
+        self._batcher = Batcher(source.stream_arn, shard_id, settings.batch_size, settings.window_s)
+        self._iterator: str | None = None
+        self._last_read: SequenceNumber | None = start.after
+        self._resume_at_trim_horizon = False
+        self._gap_after: str | None = None
+        self._api_failures = 0
+
+    async def run(self) -> ShardOutcome:
+        structlog.contextvars.bind_contextvars(shard=self._shard_id)
+        log.info("shard started", position=self._start.describe())
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                page = await self._read()
+            except SourceError as exc:
+                outcome = await self._on_source_error(exc)
+                if outcome is not None:
+                    return outcome
+                continue
+            self._api_failures = 0
+            closed = page.next_iterator is None
+            self._iterator = page.next_iterator
+            self._accept(page)
+            if not await self._deliver_ready(flush=closed):
+                return ShardOutcome.STOPPED
+            if closed:
+                finished = await self._finish()
+                return ShardOutcome.FINISHED if finished else ShardOutcome.STOPPED
+            if await sleep_or_stop(self._stop, self._pause_s(started, page)):
+                break
+        return ShardOutcome.STOPPED
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def _read(self) -> RecordPage:
+        if self._iterator is None:
+            position = self._resume_position()
+            self._iterator = await self._source.get_iterator(self._shard_id, position)
+            if self._resume_at_trim_horizon:
+                self._resume_at_trim_horizon = False
+        return await self._source.get_records(self._shard_id, self._iterator, MAX_RECORDS_PER_CALL)
+
+    def _resume_position(self) -> Position:
+        if self._resume_at_trim_horizon:
+            return Position(start=StartingPosition.TRIM_HORIZON)
+        if self._last_read is not None:
+            return Position.after_sequence(self._last_read)
+        return self._start
+
+    def _accept(self, page: RecordPage) -> None:
+        if not page.records:
+            return
+        first = page.records[0]["dynamodb"]["SequenceNumber"]
+        self._last_read = SequenceNumber(page.records[-1]["dynamodb"]["SequenceNumber"])
+        self._progress.records_read += len(page.records)
+        if self._gap_after is not None:
+            log.error(
+                "records lost to stream retention: resumed after the gap",
+                gap_after_sequence=self._gap_after,
+                resumed_at_sequence=first,
+            )
+            self._gap_after = None
+        self._batcher.add(page.records, time.monotonic())
+
+    def _pause_s(self, started: float, page: RecordPage) -> float:
+        """Poll again at once after a full page, else keep ~4 polls/s (drift-free)."""
+        if len(page.records) >= MAX_RECORDS_PER_CALL:
+            return 0.0
+        delay = self._settings.poll_interval_s - (time.monotonic() - started)
+        due = self._batcher.seconds_until_due(time.monotonic())
+        if due is not None:
+            delay = min(delay, due)
+        return max(0.0, delay)
+
+    async def _on_source_error(self, exc: SourceError) -> ShardOutcome | None:
+        """Decide what a failed API call means; None = keep going."""
+        if isinstance(exc, ExpiredIteratorError):
+            log.info("shard iterator expired; reopening", after_sequence=self._last_read)
+            self._iterator = None
+            return None
+        if isinstance(exc, TrimmedDataError):
+            self._on_trimmed(exc)
+            return None
+        if isinstance(exc, ShardNotFoundError):
+            log.error("shard is no longer in the stream", error=str(exc))
+            self._progress.trimmed_gaps += 1
+            return ShardOutcome.GONE
+        self._api_failures += 1
+        level = "warning" if isinstance(exc, ThrottledError) else "error"
+        getattr(log, level)("stream API call failed; backing off", code=exc.code, error=str(exc))
+        if not isinstance(exc, ThrottledError):
+            self._iterator = None  # reopen from the last position: the iterator may be bad
+        if await sleep_or_stop(self._stop, API_BACKOFF.delay(self._api_failures)):
+            return ShardOutcome.STOPPED
+        return None
+
+    def _on_trimmed(self, exc: TrimmedDataError) -> None:
+        position = self._last_read or self._start.describe()
+        if self._settings.on_trimmed_data == "stop":
+            log.error("data trimmed before it was read; stopping (on_trimmed_data: stop)")
+            raise TrimmedDataError(
+                f"shard {self._shard_id}: records after {position} were trimmed from the stream "
+                "before they were read (on_trimmed_data: stop)",
+                code=exc.code,
+            ) from exc
+        self._progress.trimmed_gaps += 1
+        self._gap_after = str(position)
+        log.error(
+            "records lost to stream retention: resuming at TRIM_HORIZON",
+            gap_after_sequence=str(position),
+            error=str(exc),
+        )
+        self._resume_at_trim_horizon = True
+        self._iterator = None
+
+    # -- delivering ------------------------------------------------------------------------
+
+    async def _deliver_ready(self, *, flush: bool) -> bool:
+        for batch in self._batcher.take(time.monotonic(), flush=flush):
+            if not await self._deliver(batch):
+                return False
+            if not await self._checkpoint(batch):
+                return False
+        return True
+
+    async def _deliver(self, batch: Batch) -> bool:
+        """Invoke until the handler succeeds (Lambda's default: retry forever)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self._processor.invoke(batch)
+            except Exception as exc:
+                self._progress.handler_failures += 1
+                log.exception(
+                    "handler failed; retrying the batch",
+                    attempt=attempt,
+                    first_sequence=batch.first_sequence_number,
+                    last_sequence=batch.last_sequence_number,
+                    size=len(batch),
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+                if await sleep_or_stop(self._stop, HANDLER_BACKOFF.delay(attempt)):
+                    return False
+            else:
+                return True
+
+    async def _write(self, what: str, write: Callable[[], Awaitable[None]]) -> bool:
+        """Run a store write to completion (shielded from cancellation), retrying outages."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await asyncio.shield(write())
+            except StoreError as exc:
+                if not exc.retriable:
+                    raise
+                log.warning("checkpoint store write failed; retrying", write=what, error=str(exc))
+                if await sleep_or_stop(self._stop, API_BACKOFF.delay(attempt)):
+                    return False
+            else:
+                return True
+
+    async def _checkpoint(self, batch: Batch) -> bool:
+        sequence = batch.last_sequence_number
+        saved = await self._write(
+            "checkpoint", lambda: self._checkpointer.save(self._shard_id, sequence)
+        )
+        if not saved:
+            return False
+        shard = self._progress.shard(self._shard_id)
+        shard.checkpoint = sequence
+        shard.checkpointed_at_monotonic = time.monotonic()
+        shard.records_processed += len(batch)
+        created = batch.records[-1]["dynamodb"].get("ApproximateCreationDateTime")
+        if isinstance(created, int | float):
+            shard.last_record_created_s = float(created)
+        self._progress.records_processed += len(batch)
+        self._progress.batches_processed += 1
+        return True
+
+    async def _finish(self) -> bool:
+        last = self._last_read
+        if not await self._write("finish", lambda: self._checkpointer.finish(self._shard_id, last)):
+            return False
+        self._progress.shard(self._shard_id).finished = True
+        log.info("shard finished", last_sequence=last)
+        return True

@@ -1,0 +1,125 @@
+"""The exception tree. Every error shardwise raises on purpose derives from ``ShardwiseError``.
+
+``retriable`` tells the caller whether trying the same call again later can succeed::
+
+    ShardwiseError
+    ├── ConfigError                      bad YAML or settings (names the YAML path)
+    ├── HandlerImportError               handler "module:callable" cannot be imported
+    ├── HandlerError                     the handler raised or returned something invalid
+    │   └── HandlerTimeoutError          the handler ran past timeout_seconds
+    ├── StoreError            retriable  the checkpoint store could not be reached / written
+    │   └── StoreSchemaError             the schema is missing or newer than this release
+    ├── ShutdownRequested                stop was requested while work waited (not a failure)
+    └── SourceError           retriable  a stream API call failed (generic)
+        ├── ThrottledError    retriable  LimitExceededException, throttling, HTTP 5xx
+        ├── ExpiredIteratorError         the shard iterator is older than 15 minutes
+        ├── TrimmedDataError             asked for records past the 24 h retention
+        ├── ShardNotFoundError           the shard no longer exists in the stream
+        └── StreamNotFoundError          the stream or table does not exist, or has no stream
+
+Dependencies' exceptions (botocore, SQLAlchemy) are translated at the boundary in the module
+that calls them; nothing above that module sees a botocore ``ClientError``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "ConfigError",
+    "ExpiredIteratorError",
+    "HandlerError",
+    "HandlerImportError",
+    "HandlerTimeoutError",
+    "ShardNotFoundError",
+    "ShardwiseError",
+    "ShutdownRequested",
+    "SourceError",
+    "StoreError",
+    "StoreSchemaError",
+    "StreamNotFoundError",
+    "ThrottledError",
+    "TrimmedDataError",
+]
+
+
+class ShardwiseError(Exception):
+    """Base of every error shardwise raises on purpose."""
+
+    retriable: ClassVar[bool] = False
+
+
+class ConfigError(ShardwiseError):
+    """The configuration is invalid; ``problems`` lists one ``path: message`` per error."""
+
+    def __init__(self, problems: list[str], source: str | None = None) -> None:
+        self.problems = problems
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(where + "; ".join(problems))
+
+
+class HandlerImportError(ShardwiseError):
+    """A ``module:callable`` handler reference cannot be imported."""
+
+
+class HandlerError(ShardwiseError):
+    """The handler failed a batch: it raised, or returned a value that is not valid."""
+
+
+class HandlerTimeoutError(HandlerError):
+    """The handler did not finish within the processor's ``timeout_seconds``."""
+
+
+class StoreError(ShardwiseError):
+    """The checkpoint store could not be reached or written."""
+
+    retriable = True
+
+
+class StoreSchemaError(StoreError):
+    """The database schema is missing or newer than this release understands."""
+
+    retriable = False
+
+
+class ShutdownRequested(ShardwiseError):
+    """Stop was requested while work was waiting to be retried."""
+
+
+class SourceError(ShardwiseError):
+    """A stream API call failed."""
+
+    retriable = True
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class ThrottledError(SourceError):
+    """Throttled (LimitExceededException, ProvisionedThroughputExceeded) or a server error."""
+
+
+class ExpiredIteratorError(SourceError):
+    """The shard iterator expired (15 minutes); open a new one from the last position."""
+
+    retriable = False
+
+
+class TrimmedDataError(SourceError):
+    """The position asked for is older than the stream's retention."""
+
+    retriable = False
+
+
+class ShardNotFoundError(SourceError):
+    """The shard is no longer part of the stream."""
+
+    retriable = False
+
+
+class StreamNotFoundError(SourceError):
+    """The stream does not exist, is disabled, or the table has no stream."""
+
+    retriable = False

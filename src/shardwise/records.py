@@ -1,0 +1,126 @@
+"""The shared vocabulary: shards, sequence numbers, positions, records and batches.
+
+Records travel through the pipeline as plain dicts in exactly the shape Lambda hands to a
+handler (see ``StreamRecord``), so nothing is copied or re-encoded between the source and
+the handler. Everything else here is a small frozen value.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, NewType, TypeAlias
+
+__all__ = [
+    "Batch",
+    "Position",
+    "RecordPage",
+    "SequenceNumber",
+    "Shard",
+    "ShardId",
+    "ShardListing",
+    "StartingPosition",
+    "StreamRecord",
+    "seq_key",
+]
+
+ShardId = NewType("ShardId", str)
+SequenceNumber = NewType("SequenceNumber", str)
+
+# A record in Lambda's event shape: eventID, eventName, eventVersion, eventSource,
+# awsRegion, eventSourceARN, dynamodb{...}, userIdentity (TTL deletes only).
+StreamRecord: TypeAlias = dict[str, Any]
+
+
+def seq_key(sequence_number: str) -> int:
+    """Order sequence numbers: they are decimal strings of varying length."""
+    return int(sequence_number)
+
+
+class StartingPosition(enum.StrEnum):
+    """Where a processor starts on a stream it has never read (ESM ``StartingPosition``)."""
+
+    TRIM_HORIZON = "TRIM_HORIZON"
+    LATEST = "LATEST"
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where to open a shard iterator: a starting position or just after a sequence number."""
+
+    after: SequenceNumber | None = None
+    start: StartingPosition = StartingPosition.TRIM_HORIZON
+
+    @classmethod
+    def after_sequence(cls, sequence_number: str) -> Position:
+        return cls(after=SequenceNumber(sequence_number))
+
+    def describe(self) -> str:
+        return f"AFTER_SEQUENCE_NUMBER {self.after}" if self.after else self.start.value
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """One shard as listed by DescribeStream."""
+
+    shard_id: ShardId
+    parent_shard_id: ShardId | None = None
+    starting_sequence_number: SequenceNumber | None = None
+    ending_sequence_number: SequenceNumber | None = None
+
+    @property
+    def closed(self) -> bool:
+        """A shard with an ending sequence number receives no new records."""
+        return self.ending_sequence_number is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ShardListing:
+    """A stream's status and every shard currently in it."""
+
+    status: str
+    shards: tuple[Shard, ...]
+
+    @property
+    def enabled(self) -> bool:
+        return self.status in {"ENABLED", "ENABLING", "ACTIVE", "UPDATING"}
+
+
+@dataclass(frozen=True, slots=True)
+class RecordPage:
+    """One GetRecords response: records in order and the iterator for the next call.
+
+    ``next_iterator`` is None when the shard is closed and has been read to its end.
+    """
+
+    records: Sequence[StreamRecord]
+    next_iterator: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Consecutive records of one shard, handed to a processor as one event."""
+
+    stream_arn: str
+    shard_id: ShardId
+    records: Sequence[StreamRecord] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.records:
+            raise ValueError(f"empty batch for shard {self.shard_id}")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def first_sequence_number(self) -> SequenceNumber:
+        return SequenceNumber(self.records[0]["dynamodb"]["SequenceNumber"])
+
+    @property
+    def last_sequence_number(self) -> SequenceNumber:
+        return SequenceNumber(self.records[-1]["dynamodb"]["SequenceNumber"])
+
+    def event(self) -> dict[str, Any]:
+        """The event a Lambda-style handler receives."""
+        return {"Records": list(self.records)}

@@ -1,0 +1,112 @@
+"""Helpers for end-to-end tests: a handler that records what it received, a running daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import textwrap
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from shardwise.config import Settings, parse_config
+from shardwise.supervisor import Supervisor
+
+# A stock Lambda handler, as a user writes it: appends each record to a JSON-lines file.
+RECORDING_HANDLER = '''
+import json, os
+
+OUT = os.path.join(os.path.dirname(__file__), "{out}")
+
+def handler(event, context):
+    assert context.get_remaining_time_in_millis() > 0
+    with open(OUT, "a") as f:
+        for record in event["Records"]:
+            f.write(json.dumps(record) + "\\n")
+    return None
+'''
+
+
+def write_module(directory: Path, name: str, source: str) -> str:
+    """Write ``source`` as ``<directory>/<name>.py`` and return the module name."""
+    (directory / f"{name}.py").write_text(textwrap.dedent(source))
+    return name
+
+
+def recording_handler(directory: Path, out: str = "received.jsonl") -> tuple[str, Path]:
+    """A unique recording handler module; returns (``module:handler``, output path)."""
+    module = f"recorder_{uuid.uuid4().hex[:8]}"
+    write_module(directory, module, RECORDING_HANDLER.format(out=out))
+    return f"{module}:handler", directory / out
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def settings_for(
+    tmp_path: Path,
+    *,
+    endpoint_url: str,
+    store_url: str,
+    processors: str,
+    extra: str = "",
+) -> Settings:
+    text = f"""
+aws:
+  region: us-east-1
+  endpoint_url: {endpoint_url}
+store:
+  url: {store_url}
+worker:
+  shutdown_timeout_seconds: 10
+  shard_sync_interval_seconds: 1
+{extra}
+processors:
+{textwrap.indent(textwrap.dedent(processors).strip(), "  ")}
+"""
+    return parse_config(text, source="test.yaml", config_dir=tmp_path)
+
+
+@asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Supervisor]:
+    """Run a supervisor in the background; on exit drain it and re-raise its failure."""
+    supervisor = Supervisor(settings)
+    task = asyncio.create_task(supervisor.run(install_signal_handlers=False))
+    try:
+        yield supervisor
+    finally:
+        supervisor.request_stop()
+        await asyncio.wait_for(task, timeout=30)
+
+
+async def wait_until(
+    predicate: Callable[[], bool], timeout_s: float = 20.0, what: str = "condition"
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def create_table(endpoint_url: str, view_type: str = "NEW_AND_OLD_IMAGES") -> tuple[Any, str]:
+    """A table with a stream on the given endpoint; returns (boto3 table resource, name)."""
+    name = f"t{uuid.uuid4().hex[:10]}"
+    client = boto3.client("dynamodb", endpoint_url=endpoint_url, region_name="us-east-1")
+    client.create_table(
+        TableName=name,
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": view_type},
+    )
+    resource = boto3.resource("dynamodb", endpoint_url=endpoint_url, region_name="us-east-1")
+    return resource.Table(name), name
