@@ -18,8 +18,8 @@ import pytest
 
 # botocore must never look for real credentials or a real region in tests.
 os.environ["AWS_ACCESS_KEY_ID"] = "testing"
-os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"  # noqa: S105 - moto's dummy credentials
-os.environ["AWS_SESSION_TOKEN"] = "testing"  # noqa: S105
+os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
+os.environ["AWS_SESSION_TOKEN"] = "testing"
 os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
 os.environ.pop("AWS_PROFILE", None)
 
@@ -61,7 +61,7 @@ def postgres_database() -> Iterator[str]:
     name = f"shardwise_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     try:
         _pg_admin(f'CREATE DATABASE "{name}"')
-    except (OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError) as exc:
         message = f"PostgreSQL is not reachable at {PG_ADMIN_DSN}: {exc}"
         if in_ci():
             pytest.fail(message + " (CI=true: PostgreSQL tests must run)")

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+from mypy_boto3_dynamodb.literals import StreamViewTypeType
 
 from shardwise.config import Settings, parse_config
 from shardwise.supervisor import Supervisor
 
 # A stock Lambda handler, as a user writes it: appends each record to a JSON-lines file.
-RECORDING_HANDLER = '''
+RECORDING_HANDLER = """
 import json, os
 
 OUT = os.path.join(os.path.dirname(__file__), "{out}")
@@ -29,7 +30,7 @@ def handler(event, context):
         for record in event["Records"]:
             f.write(json.dumps(record) + "\\n")
     return None
-'''
+"""
 
 
 def write_module(directory: Path, name: str, source: str) -> str:
@@ -97,7 +98,9 @@ async def wait_until(
         await asyncio.sleep(0.05)
 
 
-def create_table(endpoint_url: str, view_type: str = "NEW_AND_OLD_IMAGES") -> tuple[Any, str]:
+def create_table(
+    endpoint_url: str, view_type: StreamViewTypeType = "NEW_AND_OLD_IMAGES"
+) -> tuple[Any, str]:
     """A table with a stream on the given endpoint; returns (boto3 table resource, name)."""
     name = f"t{uuid.uuid4().hex[:10]}"
     client = boto3.client("dynamodb", endpoint_url=endpoint_url, region_name="us-east-1")

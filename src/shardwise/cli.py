@@ -15,7 +15,7 @@ import structlog
 
 from shardwise import __version__
 from shardwise.config import Settings, load_config
-from shardwise.errors import ConfigError, HandlerImportError, ShardwiseError
+from shardwise.errors import ConfigError, HandlerImportError, ShardwiseError, first_error
 from shardwise.observe.logging import configure_logging
 
 __all__ = ["main"]
@@ -175,13 +175,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
-def _first_error(exc: BaseException) -> BaseException:
-    """The first real error inside (nested) exception groups from TaskGroups."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -189,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_OK
     except BaseException as raised:
-        exc = _first_error(raised)
+        exc = first_error(raised)
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
         if isinstance(exc, ConfigError):

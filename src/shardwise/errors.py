@@ -40,6 +40,7 @@ __all__ = [
     "StreamNotFoundError",
     "ThrottledError",
     "TrimmedDataError",
+    "first_error",
 ]
 
 
@@ -123,3 +124,10 @@ class StreamNotFoundError(SourceError):
     """The stream does not exist, is disabled, or the table has no stream."""
 
     retriable = False
+
+
+def first_error(exc: BaseException) -> BaseException:
+    """The first error inside (nested) exception groups, as raised by TaskGroups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc

@@ -25,7 +25,7 @@ from aiobotocore.session import AioSession
 from shardwise.clock import API_BACKOFF, sleep_or_stop
 from shardwise.config import ProcessorConfig, Settings
 from shardwise.dispatch.consumer import ConsumerSettings, ShardConsumer, ShardOutcome
-from shardwise.errors import SourceError, StreamNotFoundError
+from shardwise.errors import ShardwiseError, SourceError, StreamNotFoundError, first_error
 from shardwise.observe.progress import ProcessorProgress
 from shardwise.processors import Processor, build_processor, import_handler
 from shardwise.records import (
@@ -267,6 +267,12 @@ class Supervisor:
                     self._runner_tasks = [tasks.create_task(r.run()) for r in runners]
                     tasks.create_task(self._drain_deadline())
                     self.started.set()
+        except BaseExceptionGroup as group:
+            # One processor failed and the others were stopped: report that failure itself.
+            failure = first_error(group)
+            if isinstance(failure, ShardwiseError):
+                raise failure from group
+            raise
         finally:
             if install_signal_handlers:
                 for sig in (signal.SIGTERM, signal.SIGINT):

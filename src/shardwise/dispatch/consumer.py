@@ -118,6 +118,7 @@ class ShardConsumer:
                     return outcome
                 continue
             self._api_failures = 0
+            self._progress.get_records_calls += 1
             closed = page.next_iterator is None
             self._iterator = page.next_iterator
             self._accept(page)

@@ -28,6 +28,7 @@ class ProcessorProgress:
     """Counters for one processor; updated by its shard consumers, read by observers."""
 
     name: str
+    get_records_calls: int = 0
     records_read: int = 0
     records_processed: int = 0
     batches_processed: int = 0

@@ -1,0 +1,355 @@
+"""The daemon against shardwise.testing's streams server: lineage, pagination, every fault path."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from shardwise.errors import StreamNotFoundError, TrimmedDataError
+from shardwise.store import CheckpointStore, ShardCheckpoint
+from shardwise.supervisor import Supervisor
+from shardwise.testing import ScriptedStream, StreamsServer
+from tests.e2e import read_jsonl, recording_handler, running, settings_for, wait_until, write_module
+
+
+@pytest.fixture
+def server() -> Iterator[StreamsServer]:
+    with StreamsServer() as streams:
+        yield streams
+
+
+def seqs(path: Path) -> list[int]:
+    return [int(r["dynamodb"]["SequenceNumber"]) for r in read_jsonl(path)]
+
+
+def shard_seqs(stream: ScriptedStream, shard_id: str) -> list[int]:
+    return [int(r["dynamodb"]["SequenceNumber"]) for r in stream.records(shard_id)]
+
+
+def processor_yaml(
+    handler: str, arn: str, *, name: str = "p", extra: str = "", start: str = "TRIM_HORIZON"
+) -> str:
+    return f"""
+    - name: {name}
+      source: {{dynamodb: {{stream_arn: "{arn}"}}}}
+      handler: {handler}
+      starting_position: {start}
+      {extra}
+    """
+
+
+class TestLineage:
+    """A split's children start only after the parent is read to its end."""
+
+    async def test_children_after_parent(
+        self, tmp_path: Path, server: StreamsServer, sqlite_url: str
+    ) -> None:
+        stream = server.create_stream("Orders")
+        [parent] = stream.shard_ids
+        stream.put_many(parent, 2500)
+        children = stream.split(parent, into=2)
+        for child in children:
+            stream.put_many(child, 20)
+        handler, out = recording_handler(tmp_path)
+        settings = settings_for(
+            tmp_path,
+            endpoint_url=server.endpoint_url,
+            store_url=sqlite_url,
+            processors=processor_yaml(handler, stream.arn, extra="batch_size: 100"),
+        )
+        async with running(settings):
+            await wait_until(lambda: len(read_jsonl(out)) >= 2540, what="all records")
+        delivered = seqs(out)
+        parent_seqs = shard_seqs(stream, parent)
+        assert delivered[:2500] == parent_seqs
+        for child in children:
+            child_seqs = shard_seqs(stream, child)
+            assert [s for s in delivered if s in set(child_seqs)] == child_seqs
+        assert len(delivered) == len(set(delivered)) == 2540
+        async with await CheckpointStore.connect(sqlite_url) as store:
+            rows: dict[str, ShardCheckpoint] = {c.shard_id: c for c in await store.list("p")}
+        assert rows[parent].finished
+        assert rows[parent].sequence_number == str(parent_seqs[-1])
+        assert {rows[c].parent_shard_id for c in children} == {parent}
+
+    async def test_new_shards_are_discovered_while_running(
+        self, tmp_path: Path, server: StreamsServer, sqlite_url: str
+    ) -> None:
+        stream = server.create_stream("Orders")
+        [first] = stream.shard_ids
+        stream.put_many(first, 5)
+        handler, out = recording_handler(tmp_path)
+        settings = settings_for(
+            tmp_path,
+            endpoint_url=server.endpoint_url,
+            store_url=sqlite_url,
+            processors=processor_yaml(handler, stream.arn),
+        )
+        async with running(settings):
+            await wait_until(lambda: len(read_jsonl(out)) >= 5, what="first shard")
+            [child] = stream.split(first, into=1)
+            stream.put_many(child, 7)
+            await wait_until(lambda: len(read_jsonl(out)) >= 12, what="rolled-over shard")
+        assert seqs(out) == shard_seqs(stream, first) + shard_seqs(stream, child)
+
+
+class TestPagination:
+    """DescribeStream is paginated: a stream with 250 shards is read whole."""
+
+    async def test_250_shards(self, tmp_path: Path, server: StreamsServer, sqlite_url: str) -> None:
+        stream = server.create_stream("Wide", shards=250)
+        for shard_id in stream.shard_ids:
+            stream.put_many(shard_id, 2)
+        handler, out = recording_handler(tmp_path)
+        settings = settings_for(
+            tmp_path,
+            endpoint_url=server.endpoint_url,
+            store_url=sqlite_url,
+            processors=processor_yaml(handler, stream.arn),
+        )
+        async with running(settings):
+            await wait_until(lambda: len(read_jsonl(out)) >= 500, timeout_s=60, what="500")
+        assert len(set(seqs(out))) == 500
+        assert server.calls["DescribeStream"] >= 3
+        async with await CheckpointStore.connect(sqlite_url) as store:
+            assert len(await store.list("p")) == 250
+
+
+class TestFaults:
+    """Expired iterators, throttling and 5xx lose and duplicate nothing."""
+
+    @pytest.mark.parametrize(
+        ("operation", "code", "times"),
+        [
+            ("GetRecords", "ExpiredIteratorException", 3),
+            ("GetRecords", "LimitExceededException", 3),
+            ("GetRecords", "InternalServerError", 3),
+            ("GetShardIterator", "LimitExceededException", 2),
+            ("DescribeStream", "InternalServerError", 2),
+        ],
+    )
+    async def test_recovers_exactly_once(
+        self,
+        tmp_path: Path,
+        server: StreamsServer,
+        sqlite_url: str,
+        operation: str,
+        code: str,
+        times: int,
+    ) -> None:
+        stream = server.create_stream("Orders")
+        [shard] = stream.shard_ids
+        stream.put_many(shard, 30)
+        handler, out = recording_handler(tmp_path)
+        settings = settings_for(
+            tmp_path,
+            endpoint_url=server.endpoint_url,
+            store_url=sqlite_url,
+            processors=processor_yaml(handler, stream.arn, extra="batch_size: 10"),
+        )
+        server.fail(operation, code, times=times)
+        async with running(settings):
+            await wait_until(lambda: len(read_jsonl(out)) >= 10, what="first batch")
+            # The same fault again, mid-stream, for calls that happen mid-stream.
+            server.fail(operation, code, times=times)
+            stream.put_many(shard, 30)
+            await wait_until(lambda: len(read_jsonl(out)) >= 60, what="all 60")
+        assert server.calls[operation] > times
+        assert seqs(out) == shard_seqs(stream, shard)
+
+    async def test_expired_iterator_keeps_buffered_records(
+        self, tmp_path: Path, server: StreamsServer, sqlite_url: str
+    ) -> None:
+        """With a batching window, records read but not yet delivered are not read twice."""
+        stream = server.create_stream("Orders")
+        [shard] = stream.shard_ids
+        stream.put_many(shard, 3)
+        handler, out = recording_handler(tmp_path)
+        settings = settings_for(
+            tmp_path,
+            endpoint_url=server.endpoint_url,
+            store_url=sqlite_url,
+            processors=processor_yaml(
+                handler,
+                stream.arn,
+                extra="batch_size: 100\n      maximum_batching_window_in_seconds: 2",
+            ),
+        )
+        async with running(settings):
+            await wait_until(lambda: server.calls["GetRecords"] >= 2, what="records buffered")
+            server.fail("GetRecords", "ExpiredIteratorException", times=1)
+            stream.put_many(shard, 3)
+            await wait_until(lambda: len(read_jsonl(out)) >= 6, what="6 records")
+        assert seqs(out) == shard_seqs(stream, shard)
+
+
+class TestTrimmedData:
+    """Data trimmed before it was read is never skipped silently."""
+
+    async def _checkpoint_some(
+        self, tmp_path: Path, server: StreamsServer, sqlite_url: str, extra: str = ""
+    ) -> tuple[ScriptedStream, str, str, Path]:
+        stream = server.create_stream("Orders")
+        [shard] = stream.shard_ids
+        stream.put_many(shard, 5)
+        handler, out = recording_handler(tmp_path)
+        settings = settings_for(
+            tmp_path,
+            endpoint_url=server.endpoint_url,
+            store_url=sqlite_url,
+            processors=processor_yaml(handler, stream.arn, extra=extra),
+        )
+        async with running(settings):
+            await wait_until(lambda: len(read_jsonl(out)) >= 5, what="first records")
+        stream.put_many(shard, 10)
+        stream.trim(shard, 8)  # 3 unread records aged out
+        return stream, shard, handler, out
+
+    async def test_resumes_at_trim_horizon_and_says_so(
+        self, tmp_path: Path, server: StreamsServer, sqlite_url: str
+    ) -> None:
+        stream, shard, handler, out = await self._checkpoint_some(tmp_path, server, sqlite_url)
+        settings = settings_for(
+            tmp_path,
+            endpoint_url=server.endpoint_url,
+            store_url=sqlite_url,
+            processors=processor_yaml(handler, stream.arn),
+        )
+        with capture_logs() as logs:
+            async with running(settings) as supervisor:
+                await wait_until(lambda: len(read_jsonl(out)) >= 12, what="records after the gap")
+                assert supervisor.progress["p"].trimmed_gaps == 1
+        assert seqs(out)[5:] == shard_seqs(stream, shard)
+        lost = [e for e in logs if e["log_level"] == "error" and "lost" in e["event"]]
+        assert [e["event"] for e in lost] == [
+            "records lost to stream retention: resuming at TRIM_HORIZON",
+            "records lost to stream retention: resumed after the gap",
+        ]
+        checkpoint = str(seqs(out)[4])
+        assert shard in lost[0]["error"]
+        assert lost[0]["gap_after_sequence"] == checkpoint
+        assert lost[1]["resumed_at_sequence"] == str(shard_seqs(stream, shard)[0])
+
+    async def test_stop_policy_fails_loudly(
+        self, tmp_path: Path, server: StreamsServer, sqlite_url: str
+    ) -> None:
+        stream, _, handler, _ = await self._checkpoint_some(tmp_path, server, sqlite_url)
+        settings = settings_for(
+            tmp_path,
+            endpoint_url=server.endpoint_url,
+            store_url=sqlite_url,
+            processors=processor_yaml(handler, stream.arn, extra="on_trimmed_data: stop"),
+        )
+        with pytest.raises(TrimmedDataError, match="trimmed from the stream before they were read"):
+            await Supervisor(settings).run(install_signal_handlers=False)
+
+
+class TestStreamErrors:
+    """Missing or disabled streams give clear errors."""
+
+    async def test_unknown_stream(
+        self, tmp_path: Path, server: StreamsServer, sqlite_url: str
+    ) -> None:
+        handler, _ = recording_handler(tmp_path)
+        arn = "arn:aws:dynamodb:us-east-1:123456789012:table/Nope/stream/2026-01-01T00:00:00.000"
+        settings = settings_for(
+            tmp_path,
+            endpoint_url=server.endpoint_url,
+            store_url=sqlite_url,
+            processors=processor_yaml(handler, arn),
+        )
+        with pytest.raises(StreamNotFoundError, match="Nope"):
+            await Supervisor(settings).run(install_signal_handlers=False)
+
+    async def test_disabled_stream(
+        self, tmp_path: Path, server: StreamsServer, sqlite_url: str
+    ) -> None:
+        stream = server.create_stream("Off")
+        stream.disable()
+        handler, _ = recording_handler(tmp_path)
+        settings = settings_for(
+            tmp_path,
+            endpoint_url=server.endpoint_url,
+            store_url=sqlite_url,
+            processors=processor_yaml(handler, stream.arn),
+        )
+        with pytest.raises(StreamNotFoundError, match="DISABLED"):
+            await Supervisor(settings).run(install_signal_handlers=False)
+
+
+class TestHandlerFailures:
+    """A failing batch is retried whole until it succeeds; later records wait."""
+
+    async def test_retried_until_success_in_order(
+        self, tmp_path: Path, server: StreamsServer, sqlite_url: str
+    ) -> None:
+        stream = server.create_stream("Orders")
+        [shard] = stream.shard_ids
+        stream.put_many(shard, 12)
+        write_module(
+            tmp_path,
+            "flaky",
+            """
+            import json, os
+            HERE = os.path.dirname(__file__)
+            calls = {"n": 0}
+
+            def handler(event, context):
+                calls["n"] += 1
+                if calls["n"] in (2, 3):
+                    raise RuntimeError("database unavailable")
+                with open(os.path.join(HERE, "flaky.jsonl"), "a") as f:
+                    for r in event["Records"]:
+                        f.write(json.dumps(r) + "\\n")
+            """,
+        )
+        out = tmp_path / "flaky.jsonl"
+        settings = settings_for(
+            tmp_path,
+            endpoint_url=server.endpoint_url,
+            store_url=sqlite_url,
+            processors=processor_yaml("flaky:handler", stream.arn, extra="batch_size: 4"),
+        )
+        async with running(settings) as supervisor:
+            await wait_until(lambda: len(read_jsonl(out)) >= 12, what="all records")
+            assert supervisor.progress["p"].handler_failures == 2
+        assert seqs(out) == shard_seqs(stream, shard)
+
+    async def test_timeout_fails_the_batch(
+        self, tmp_path: Path, server: StreamsServer, sqlite_url: str
+    ) -> None:
+        stream = server.create_stream("Orders")
+        [shard] = stream.shard_ids
+        stream.put_many(shard, 2)
+        write_module(
+            tmp_path,
+            "slow_once",
+            """
+            import json, os, time
+            HERE = os.path.dirname(__file__)
+            calls = {"n": 0}
+
+            def handler(event, context):
+                calls["n"] += 1
+                if calls["n"] == 1:
+                    time.sleep(2.5)   # past timeout_seconds: abandoned, batch retried
+                    return
+                with open(os.path.join(HERE, "slow.jsonl"), "a") as f:
+                    for r in event["Records"]:
+                        f.write(json.dumps(r) + "\\n")
+            """,
+        )
+        out = tmp_path / "slow.jsonl"
+        settings = settings_for(
+            tmp_path,
+            endpoint_url=server.endpoint_url,
+            store_url=sqlite_url,
+            processors=processor_yaml("slow_once:handler", stream.arn, extra="timeout_seconds: 1"),
+        )
+        async with running(settings) as supervisor:
+            await wait_until(lambda: len(read_jsonl(out)) >= 2, what="retried batch")
+            assert supervisor.progress["p"].handler_failures == 1
+        assert seqs(out) == shard_seqs(stream, shard)
