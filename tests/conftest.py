@@ -23,9 +23,7 @@ os.environ["AWS_SESSION_TOKEN"] = "testing"
 os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
 os.environ.pop("AWS_PROFILE", None)
 
-PG_ADMIN_DSN = os.environ.get(
-    "SHARDWISE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test"
-)
+PG_ADMIN_DSN = os.environ.get("SHARDWISE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def in_ci() -> bool:

@@ -19,11 +19,11 @@ from shardwise.config import (
     SourceConfig,
     load_config,
     parse_config,
-    redact_url,
     split_bind,
 )
 from shardwise.errors import ConfigError
 from shardwise.records import StartingPosition
+from shardwise.store import redact_url
 
 EXAMPLE = Path(__file__).parents[1] / "config" / "shardwise.yaml"
 STREAM_ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/Orders/stream/2026-01-01T00:00:00.000"

@@ -36,6 +36,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from shardwise.errors import ConfigError
 from shardwise.records import StartingPosition
+from shardwise.store.engine import redact_url
 
 __all__ = [
     "AwsConfig",
@@ -49,7 +50,6 @@ __all__ = [
     "WorkerConfig",
     "load_config",
     "parse_config",
-    "redact_url",
     "split_bind",
 ]
 
@@ -62,7 +62,6 @@ _HOSTNAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")
 _REFERENCE = re.compile(
     r"\$\$\{|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}|\$\{"
 )
-_PASSWORD = re.compile(r"^(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:@/]*):[^?#]*@")
 
 
 # --- value checks: each raises ValueError with the message the user sees ---------------------
@@ -132,12 +131,6 @@ def _number(kind: str) -> BeforeValidator:
         return value
 
     return BeforeValidator(check)
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password (``user:pw@`` or ``?password=``) replaced by ``***``."""
-    url = _PASSWORD.sub(r"\g<head>:***@", url)
-    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url, flags=re.IGNORECASE)
 
 
 Int = Annotated[int, _number("int_type")]

@@ -122,6 +122,9 @@ class ShardConsumer:
             closed = page.next_iterator is None
             self._iterator = page.next_iterator
             self._accept(page)
+            if not page.records and not len(self._batcher):
+                # Caught up: nothing is waiting, so the shard has no iterator age.
+                self._progress.shard(self._shard_id).last_record_created_s = None
             if not await self._deliver_ready(flush=closed):
                 return ShardOutcome.STOPPED
             if closed:
@@ -218,6 +221,8 @@ class ShardConsumer:
 
     async def _deliver_ready(self, *, flush: bool) -> bool:
         for batch in self._batcher.take(time.monotonic(), flush=flush):
+            if self._stop.is_set():
+                return False  # not started: it is read again after the restart
             if not await self._deliver(batch):
                 return False
             if not await self._checkpoint(batch):

@@ -1,0 +1,1 @@
+"""Runnable examples; a package only so tests and mypy can import them as ``examples.*``."""

@@ -1,0 +1,81 @@
+"""The checkpoint tables as SQLAlchemy Core sees them.
+
+The migrations in ``migrations/versions`` own the DDL; these ``Table`` objects mirror them for
+queries and for Alembic's autogenerate (``tests/store/test_migrations.py`` checks that the two
+agree on every backend). Change both together, in a new migration.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Final
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    false,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+__all__ = ["UTCDateTime", "checkpoints", "metadata"]
+
+# Constraint names are part of the schema: later migrations refer to them by name.
+NAMING_CONVENTION: Final = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend.
+
+    PostgreSQL stores ``timestamptz``; SQLite has no time zones, so the value is stored as UTC
+    wall-clock time and handed back with ``tzinfo=UTC``.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: checkpoint times must be timezone-aware")
+        value = value.astimezone(UTC)
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+# One row per (processor, stream, shard): where that processor is in that shard.
+# sequence_number is a decimal string of varying length: never compare it in SQL.
+checkpoints = Table(
+    "shardwise_checkpoints",
+    metadata,
+    Column("processor", String(200), nullable=False),
+    Column("stream_arn", String(1024), nullable=False),
+    Column("shard_id", String(200), nullable=False),
+    Column("parent_shard_id", String(200), nullable=True),
+    Column("sequence_number", String(128), nullable=True),
+    Column("start_position", String(16), nullable=False),
+    Column("finished", Boolean(), nullable=False, server_default=false()),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    PrimaryKeyConstraint("processor", "stream_arn", "shard_id"),
+)

@@ -1,0 +1,264 @@
+"""The ``shardwise`` command as a user runs it: real processes, real exit codes and messages."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from shardwise import __version__
+from shardwise.cli import main
+from shardwise.testing import StreamsServer
+from tests.e2e import read_jsonl, recording_handler, write_module
+
+
+@pytest.fixture
+def server() -> Iterator[StreamsServer]:
+    with StreamsServer() as streams:
+        yield streams
+
+
+def shardwise(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shardwise", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+        check=False,
+    )
+
+
+def write_config(directory: Path, body: str) -> Path:
+    path = directory / "shardwise.yaml"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def config_text(endpoint: str, store_url: str, handler: str, arn: str, extra: str = "") -> str:
+    return f"""
+    aws:
+      region: us-east-1
+      endpoint_url: {endpoint}
+    store:
+      url: {store_url}
+    worker:
+      shutdown_timeout_seconds: 20
+      shard_sync_interval_seconds: 1
+    processors:
+      - name: orders
+        source:
+          dynamodb:
+            stream_arn: "{arn}"
+        handler: {handler}
+        starting_position: TRIM_HORIZON
+        {extra}
+    """
+
+
+ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/Orders/stream/2026-01-01T00:00:00.000"
+
+
+class TestHelpAndVersion:
+    """--version and --help work everywhere."""
+
+    def test_version(self) -> None:
+        result = shardwise("--version")
+        assert result.returncode == 0
+        assert result.stdout.strip() == f"shardwise {__version__}"
+
+    @pytest.mark.parametrize(
+        "command",
+        [[], ["run"], ["validate"], ["checkpoints"], ["db"], ["db", "upgrade"], ["demo"]],
+    )
+    def test_help(self, command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+        with pytest.raises(SystemExit) as exited:
+            main([*command, "--help"])
+        assert exited.value.code == 0
+        assert "usage: shardwise" in capsys.readouterr().out
+
+
+class TestValidate:
+    """validate reports every problem with its YAML path, and checks handler imports."""
+
+    def test_valid_config(self, tmp_path: Path) -> None:
+        handler, _ = recording_handler(tmp_path)
+        config = write_config(
+            tmp_path, config_text("http://127.0.0.1:1", "sqlite+aiosqlite:///x.db", handler, ARN)
+        )
+        result = shardwise("validate", "-c", str(config))
+        assert result.returncode == 0, result.stderr
+        assert "OK (1 processor(s): orders)" in result.stdout
+
+    def test_out_of_range_and_unknown_keys(self, tmp_path: Path) -> None:
+        handler, _ = recording_handler(tmp_path)
+        config = write_config(
+            tmp_path,
+            config_text(
+                "http://127.0.0.1:1",
+                "sqlite+aiosqlite:///x.db",
+                handler,
+                ARN,
+                extra="batch_size: 20000\n        batchsize: 5",
+            ),
+        )
+        result = shardwise("validate", "-c", str(config))
+        assert result.returncode == 2
+        assert "processors[0].batch_size: must be <= 10000" in result.stderr
+        assert "unknown key 'batchsize' (did you mean 'batch_size'?)" in result.stderr
+        assert str(config) in result.stderr
+
+    def test_yaml_syntax_error(self, tmp_path: Path) -> None:
+        config = write_config(tmp_path, "processors:\n  - name: [unclosed\n")
+        result = shardwise("validate", "-c", str(config))
+        assert result.returncode == 2
+        assert "line" in result.stderr
+
+    def test_missing_file(self, tmp_path: Path) -> None:
+        result = shardwise("validate", "-c", str(tmp_path / "nope.yaml"))
+        assert result.returncode == 2
+        assert "nope.yaml" in result.stderr
+
+    @pytest.mark.parametrize(
+        ("module_source", "handler", "expected"),
+        [
+            (None, "missing_mod:handler", "cannot import module 'missing_mod'"),
+            ("def other(e, c): pass\n", "mod_noattr:handler", "has no attribute 'handler'"),
+            ("def handler(e, c):\n  return (\n", "mod_syntax:handler", "SyntaxError"),
+            ("raise RuntimeError('boom at import')\n", "mod_raises:handler", "boom at import"),
+            ("handler = 42\n", "mod_value:handler", "is not callable"),
+        ],
+    )
+    def test_handler_import_errors(
+        self, tmp_path: Path, module_source: str | None, handler: str, expected: str
+    ) -> None:
+        if module_source is not None:
+            write_module(tmp_path, handler.split(":", maxsplit=1)[0], module_source)
+        config = write_config(
+            tmp_path, config_text("http://127.0.0.1:1", "sqlite+aiosqlite:///x.db", handler, ARN)
+        )
+        result = shardwise("validate", "-c", str(config))
+        assert result.returncode == 2
+        assert "processors[0].handler" in result.stderr
+        assert expected in result.stderr
+
+    def test_run_refuses_a_bad_handler_before_connecting(self, tmp_path: Path) -> None:
+        config = write_config(
+            tmp_path,
+            config_text("http://127.0.0.1:1", "sqlite+aiosqlite:///x.db", "nope:handler", ARN),
+        )
+        result = shardwise("run", "-c", str(config))
+        assert result.returncode == 2
+        assert "cannot import module 'nope'" in result.stderr
+        assert not (tmp_path / "x.db").exists()
+
+
+class TestRunAndSigterm:
+    """SIGTERM mid-stream: the in-flight batch finishes and is checkpointed, exit 0."""
+
+    def test_sigterm_mid_stream_loses_and_repeats_nothing(
+        self, tmp_path: Path, server: StreamsServer
+    ) -> None:
+        stream = server.create_stream("Orders")
+        [shard] = stream.shard_ids
+        stream.put_many(shard, 300)
+        write_module(
+            tmp_path,
+            "slow",
+            """
+            import json, os, time
+            OUT = os.path.join(os.path.dirname(__file__), "slow.jsonl")
+
+            def handler(event, context):
+                time.sleep(0.2)
+                with open(OUT, "a") as f:
+                    for r in event["Records"]:
+                        f.write(json.dumps(r) + "\\n")
+            """,
+        )
+        out = tmp_path / "slow.jsonl"
+        store = f"sqlite+aiosqlite:///{tmp_path / 'cp.db'}"
+        config = write_config(
+            tmp_path,
+            config_text(server.endpoint_url, store, "slow:handler", stream.arn, "batch_size: 10"),
+        )
+        first = _start(config, cwd=tmp_path)
+        _wait_for(lambda: len(read_jsonl(out)) >= 30, first)
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=30) == 0
+        delivered_first = len(read_jsonl(out))
+        assert delivered_first < 300, "the test must stop the daemon mid-stream"
+        assert delivered_first % 10 == 0, "a batch was cut short"
+
+        second = _start(config, cwd=tmp_path)
+        _wait_for(lambda: len(read_jsonl(out)) >= 300, second, timeout_s=60)
+        second.send_signal(signal.SIGINT)
+        assert second.wait(timeout=30) == 0
+        sequences = [r["dynamodb"]["SequenceNumber"] for r in read_jsonl(out)]
+        assert sequences == [r["dynamodb"]["SequenceNumber"] for r in stream.records(shard)]
+
+        listed = shardwise("checkpoints", "-c", str(config), cwd=tmp_path)
+        assert listed.returncode == 0, listed.stderr
+        assert shard in listed.stdout
+        assert sequences[-1] in listed.stdout
+
+
+def _start(config: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    """``shardwise run`` as a child process; its output goes to ``<cwd>/daemon.log``."""
+    with (cwd / "daemon.log").open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "shardwise", "run", "-c", str(config)],
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+
+def _wait_for(
+    predicate: Callable[[], bool], process: subprocess.Popen[bytes], timeout_s: float = 30.0
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if process.poll() is not None:
+            raise AssertionError(f"shardwise exited early with {process.returncode}")
+        if time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            raise AssertionError("timed out waiting for the daemon")
+        time.sleep(0.05)
+
+
+class TestDatabaseCommands:
+    """db upgrade applies the migrations; checkpoints reads them."""
+
+    def test_upgrade_then_current(self, tmp_path: Path) -> None:
+        handler, _ = recording_handler(tmp_path)
+        store = f"sqlite+aiosqlite:///{tmp_path / 'cp.db'}"
+        config = write_config(tmp_path, config_text("http://127.0.0.1:1", store, handler, ARN))
+        before = shardwise("db", "current", "-c", str(config))
+        assert before.returncode == 0, before.stderr
+        assert "no schema" in before.stdout
+        upgraded = shardwise("db", "upgrade", "-c", str(config))
+        assert upgraded.returncode == 0, upgraded.stderr
+        assert "schema at revision" in upgraded.stdout
+        empty = shardwise("checkpoints", "-c", str(config))
+        assert empty.returncode == 0, empty.stderr
+        assert "no checkpoints yet" in empty.stdout
+
+    def test_checkpoints_without_schema_says_what_to_do(self, tmp_path: Path) -> None:
+        handler, _ = recording_handler(tmp_path)
+        store = f"sqlite+aiosqlite:///{tmp_path / 'cp.db'}"
+        config = write_config(tmp_path, config_text("http://127.0.0.1:1", store, handler, ARN))
+        result = shardwise("checkpoints", "-c", str(config))
+        assert result.returncode == 1
+        assert "shardwise db upgrade" in result.stderr
