@@ -40,9 +40,11 @@ from shardwise.store.engine import redact_url
 
 __all__ = [
     "AwsConfig",
+    "DestinationConfig",
     "DynamoDBSourceConfig",
     "HttpConfig",
     "LogConfig",
+    "OnFailureConfig",
     "ProcessorConfig",
     "Settings",
     "SourceConfig",
@@ -240,6 +242,36 @@ class SourceConfig(_Model):
     dynamodb: DynamoDBSourceConfig
 
 
+_DESTINATION = _pattern(
+    r"arn:aws[a-z-]*:(sqs|sns):[a-z0-9-]+:\d{12}:[A-Za-z0-9_.-]+"
+    r"|arn:aws[a-z-]*:s3:::[a-z0-9.-]{3,63}"
+    r"|s3://[a-z0-9.-]{3,63}(/\S*)?"
+    r"|sql"
+    r"|file:///\S+",
+    "must be an SQS or SNS ARN, an S3 bucket (arn:aws:s3:::bucket or s3://bucket/prefix), "
+    "sql, or file:///path.jsonl",
+)
+
+
+class OnFailureConfig(_Model):
+    """Where records go once retries are exhausted or they are too old."""
+
+    destination: Annotated[str, _DESTINATION]
+    """DestinationConfig.OnFailure.Destination: SQS/SNS ARN (metadata), S3, sql or file."""
+
+
+class DestinationConfig(_Model):
+    """DestinationConfig."""
+
+    on_failure: OnFailureConfig
+
+
+def _record_age(value: int) -> int:
+    if value != -1 and not 60 <= value <= 604_800:
+        raise PydanticCustomError("record_age", "must be -1 or 60..604800")
+    return value
+
+
 class ProcessorConfig(_Model):
     """One stream -> one handler, like one Lambda event source mapping."""
 
@@ -260,6 +292,20 @@ class ProcessorConfig(_Model):
     """The Lambda function's Timeout: a longer invocation fails the batch."""
     on_trimmed_data: Literal["trim_horizon", "stop"] = "trim_horizon"
     """On TrimmedDataAccessException: log and count the gap, resume at TRIM_HORIZON; or stop."""
+    maximum_retry_attempts: Int = Field(default=-1, ge=-1, le=10_000)
+    """MaximumRetryAttempts: retries of a failed batch; -1 retries until the record expires."""
+    bisect_batch_on_function_error: bool = False
+    """BisectBatchOnFunctionError: split a failed batch in two and retry each half."""
+    function_response_types: tuple[Literal["ReportBatchItemFailures"], ...] = ()
+    """FunctionResponseTypes: [ReportBatchItemFailures] lets the handler name failed records."""
+    maximum_record_age_in_seconds: Annotated[Int, AfterValidator(_record_age)] = -1
+    """MaximumRecordAgeInSeconds: older records skip the handler and go to the destination."""
+    destination_config: DestinationConfig | None = None
+    """DestinationConfig.OnFailure: where exhausted or too-old records are sent."""
+
+    @property
+    def reports_batch_item_failures(self) -> bool:
+        return "ReportBatchItemFailures" in self.function_response_types
 
     @field_validator("starting_position", mode="before")
     @classmethod

@@ -118,14 +118,11 @@ class ShardConsumer:
                     return outcome
                 continue
             self._api_failures = 0
-            self._progress.get_records_calls += 1
             closed = page.next_iterator is None
             self._iterator = page.next_iterator
             self._accept(page)
-            if not page.records and not len(self._batcher):
-                # Caught up: nothing is waiting, so the shard has no iterator age.
-                self._progress.shard(self._shard_id).last_record_created_s = None
             if not await self._deliver_ready(flush=closed):
+                self._progress.released(self._shard_id, len(self._batcher))
                 return ShardOutcome.STOPPED
             if closed:
                 finished = await self._finish()
@@ -152,11 +149,11 @@ class ShardConsumer:
         return self._start
 
     def _accept(self, page: RecordPage) -> None:
+        self._progress.polled(self._shard_id, len(page.records))
         if not page.records:
             return
         first = page.records[0]["dynamodb"]["SequenceNumber"]
         self._last_read = SequenceNumber(page.records[-1]["dynamodb"]["SequenceNumber"])
-        self._progress.records_read += len(page.records)
         if self._gap_after is not None:
             log.error(
                 "records lost to stream retention: resumed after the gap",
@@ -187,9 +184,10 @@ class ShardConsumer:
             return None
         if isinstance(exc, ShardNotFoundError):
             log.error("shard is no longer in the stream", error=str(exc))
-            self._progress.trimmed_gaps += 1
+            self._progress.trimmed(self._shard_id)
             return ShardOutcome.GONE
         self._api_failures += 1
+        self._progress.api_failed(exc.code)
         level = "warning" if isinstance(exc, ThrottledError) else "error"
         getattr(log, level)("stream API call failed; backing off", code=exc.code, error=str(exc))
         if not isinstance(exc, ThrottledError):
@@ -207,7 +205,7 @@ class ShardConsumer:
                 "before they were read (on_trimmed_data: stop)",
                 code=exc.code,
             ) from exc
-        self._progress.trimmed_gaps += 1
+        self._progress.trimmed(self._shard_id)
         self._gap_after = str(position)
         log.error(
             "records lost to stream retention: resuming at TRIM_HORIZON",
@@ -234,10 +232,11 @@ class ShardConsumer:
         attempt = 0
         while True:
             attempt += 1
+            started = time.monotonic()
             try:
                 await self._processor.invoke(batch)
             except Exception as exc:
-                self._progress.handler_failures += 1
+                self._progress.invoked(len(batch), time.monotonic() - started, ok=False)
                 log.exception(
                     "handler failed; retrying the batch",
                     attempt=attempt,
@@ -249,6 +248,7 @@ class ShardConsumer:
                 if await sleep_or_stop(self._stop, HANDLER_BACKOFF.delay(attempt)):
                     return False
             else:
+                self._progress.invoked(len(batch), time.monotonic() - started, ok=True)
                 return True
 
     async def _write(self, what: str, write: Callable[[], Awaitable[None]]) -> bool:
@@ -269,26 +269,26 @@ class ShardConsumer:
 
     async def _checkpoint(self, batch: Batch) -> bool:
         sequence = batch.last_sequence_number
+        started = time.monotonic()
         saved = await self._write(
             "checkpoint", lambda: self._checkpointer.save(self._shard_id, sequence)
         )
         if not saved:
             return False
-        shard = self._progress.shard(self._shard_id)
-        shard.checkpoint = sequence
-        shard.checkpointed_at_monotonic = time.monotonic()
-        shard.records_processed += len(batch)
         created = batch.records[-1]["dynamodb"].get("ApproximateCreationDateTime")
-        if isinstance(created, int | float):
-            shard.last_record_created_s = float(created)
-        self._progress.records_processed += len(batch)
-        self._progress.batches_processed += 1
+        self._progress.checkpointed(
+            self._shard_id,
+            sequence,
+            len(batch),
+            float(created) if isinstance(created, int | float) else None,
+            time.monotonic() - started,
+        )
         return True
 
     async def _finish(self) -> bool:
         last = self._last_read
         if not await self._write("finish", lambda: self._checkpointer.finish(self._shard_id, last)):
             return False
-        self._progress.shard(self._shard_id).finished = True
+        self._progress.finished(self._shard_id)
         log.info("shard finished", last_sequence=last)
         return True
