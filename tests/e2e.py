@@ -47,9 +47,11 @@ def recording_handler(directory: Path, out: str = "received.jsonl") -> tuple[str
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Complete lines only: a handler may be writing the last one right now."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
+    complete = path.read_text().rpartition("\n")[0]
+    return [json.loads(line) for line in complete.splitlines() if line]
 
 
 def settings_for(

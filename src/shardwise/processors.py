@@ -72,6 +72,7 @@ class Processor(Protocol):
     """What dispatch calls: start once, invoke per batch, stop once."""
 
     name: str
+    function_arn: str
 
     async def start(self) -> None: ...
 
@@ -143,17 +144,18 @@ class _TimedProcessor:
     """Shared invoke path: build the context, enforce the timeout."""
 
     name: str
+    function_arn: str
 
     def __init__(self, name: str, function_arn: str, timeout_s: float) -> None:
         self.name = name
-        self._function_arn = function_arn
+        self.function_arn = function_arn
         self._timeout_s = timeout_s
         self._runner = _Runner(name)
 
     def context_for(self, batch: Batch) -> LambdaContext:
         return LambdaContext(
             function_name=self.name,
-            invoked_function_arn=self._function_arn,
+            invoked_function_arn=self.function_arn,
             aws_request_id=str(uuid.uuid4()),
             deadline_monotonic=time.monotonic() + self._timeout_s,
             log_group_name=f"/shardwise/{self.name}",

@@ -25,6 +25,7 @@ from aiobotocore.session import AioSession
 from shardwise.clock import API_BACKOFF, sleep_or_stop
 from shardwise.config import ProcessorConfig, Settings
 from shardwise.dispatch.consumer import ConsumerSettings, ShardConsumer, ShardOutcome
+from shardwise.dispatch.delivery import FailurePolicy
 from shardwise.errors import ShardwiseError, SourceError, StreamNotFoundError, first_error
 from shardwise.observe.progress import ProcessorProgress
 from shardwise.processors import Processor, build_processor, import_handler
@@ -129,6 +130,12 @@ class ProcessorRunner:
             batch_size=config.batch_size,
             window_s=config.maximum_batching_window_in_seconds,
             on_trimmed_data=config.on_trimmed_data,
+            policy=FailurePolicy(
+                maximum_retry_attempts=config.maximum_retry_attempts,
+                bisect_batch_on_function_error=config.bisect_batch_on_function_error,
+                report_batch_item_failures=config.reports_batch_item_failures,
+                maximum_record_age_s=config.maximum_record_age_in_seconds,
+            ),
         )
         self._running: dict[ShardId, asyncio.Task[ShardOutcome]] = {}
         self._wake = asyncio.Event()

@@ -1,8 +1,9 @@
 """One shard's lifecycle: read pages, cut batches, deliver them, checkpoint, finish.
 
-Records of a shard are delivered strictly in order with one batch in flight. A batch is
-checkpointed (its last sequence number) only after the handler succeeded; a closed shard
-read to its end is marked finished so its children can start.
+Records of a shard are delivered strictly in order with one batch in flight. ``Delivery``
+applies Lambda's failure model to each batch and checkpoints records as they are resolved
+(processed, or stored in the on-failure destination); a closed shard read to its end is
+marked finished so its children can start.
 
 Source errors are handled here, per shard:
 
@@ -20,13 +21,15 @@ import asyncio
 import enum
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import structlog
 
-from shardwise.clock import API_BACKOFF, HANDLER_BACKOFF, sleep_or_stop
+from shardwise.clock import API_BACKOFF, sleep_or_stop
+from shardwise.destinations.base import Destination
 from shardwise.dispatch.batcher import Batcher
+from shardwise.dispatch.delivery import Delivery, FailurePolicy
 from shardwise.errors import (
     ExpiredIteratorError,
     ShardNotFoundError,
@@ -71,6 +74,7 @@ class ConsumerSettings:
     batch_size: int
     window_s: float
     on_trimmed_data: Literal["trim_horizon", "stop"] = "trim_horizon"
+    policy: FailurePolicy = field(default_factory=FailurePolicy)
     # Lambda polls each shard about 4 times per second.
     poll_interval_s: float = 0.25
 
@@ -89,6 +93,7 @@ class ShardConsumer:
         settings: ConsumerSettings,
         stop: asyncio.Event,
         progress: ProcessorProgress,
+        destination: Destination | None = None,
     ) -> None:
         self._source = source
         self._shard_id = shard_id
@@ -99,6 +104,15 @@ class ShardConsumer:
         self._stop = stop
         self._progress = progress
         self._batcher = Batcher(source.stream_arn, shard_id, settings.batch_size, settings.window_s)
+        self._delivery = Delivery(
+            processor=processor,
+            policy=settings.policy,
+            destination=destination,
+            function_arn=processor.function_arn,
+            commit=self._checkpoint,
+            stop=stop,
+            progress=progress,
+        )
         self._iterator: str | None = None
         self._last_read: SequenceNumber | None = start.after
         self._resume_at_trim_horizon = False
@@ -221,35 +235,9 @@ class ShardConsumer:
         for batch in self._batcher.take(time.monotonic(), flush=flush):
             if self._stop.is_set():
                 return False  # not started: it is read again after the restart
-            if not await self._deliver(batch):
-                return False
-            if not await self._checkpoint(batch):
+            if not await self._delivery.deliver(batch):
                 return False
         return True
-
-    async def _deliver(self, batch: Batch) -> bool:
-        """Invoke until the handler succeeds (Lambda's default: retry forever)."""
-        attempt = 0
-        while True:
-            attempt += 1
-            started = time.monotonic()
-            try:
-                await self._processor.invoke(batch)
-            except Exception as exc:
-                self._progress.invoked(len(batch), time.monotonic() - started, ok=False)
-                log.exception(
-                    "handler failed; retrying the batch",
-                    attempt=attempt,
-                    first_sequence=batch.first_sequence_number,
-                    last_sequence=batch.last_sequence_number,
-                    size=len(batch),
-                    error=f"{type(exc).__name__}: {exc}",
-                )
-                if await sleep_or_stop(self._stop, HANDLER_BACKOFF.delay(attempt)):
-                    return False
-            else:
-                self._progress.invoked(len(batch), time.monotonic() - started, ok=True)
-                return True
 
     async def _write(self, what: str, write: Callable[[], Awaitable[None]]) -> bool:
         """Run a store write to completion (shielded from cancellation), retrying outages."""

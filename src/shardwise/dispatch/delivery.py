@@ -1,0 +1,253 @@
+"""Deliver one batch with Lambda's failure model: retries, bisection, partial failures,
+maximum record age, handler timeout and the on-failure destination.
+
+The planner (pure) decides; this module does the I/O: invoke the handler, back off, hand
+given-up records to the destination (retrying it until they are stored), and commit the
+resolved prefix of the batch so the checkpoint advances as records are resolved - never
+past one that is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from shardwise.clock import API_BACKOFF, HANDLER_BACKOFF, Backoff, sleep_or_stop
+from shardwise.destinations.base import (
+    Destination,
+    DestinationError,
+    FailedBatch,
+    FailureCondition,
+)
+from shardwise.dispatch.planner import Next, RetryPlanner, Segment
+from shardwise.dispatch.response import Response, interpret_response, looks_like_failure_report
+from shardwise.observe.progress import ProcessorProgress
+from shardwise.processors import Processor
+from shardwise.records import Batch, StreamRecord
+
+__all__ = ["DYNAMODB_RETENTION_S", "Delivery", "FailurePolicy"]
+
+log = structlog.get_logger("shardwise.dispatch")
+
+# DynamoDB Streams keeps records 24 hours: with maximum_record_age_in_seconds -1, a record
+# is retried until it is that old ("until the record expires").
+DYNAMODB_RETENTION_S = 24 * 3600
+
+Commit = Callable[[Batch], Awaitable[bool]]
+
+
+@dataclass(frozen=True, slots=True)
+class FailurePolicy:
+    """The ESM failure settings of one processor."""
+
+    maximum_retry_attempts: int = -1
+    bisect_batch_on_function_error: bool = False
+    report_batch_item_failures: bool = False
+    maximum_record_age_s: int = -1
+
+    @property
+    def max_age_s(self) -> int:
+        return self.maximum_record_age_s if self.maximum_record_age_s >= 0 else DYNAMODB_RETENTION_S
+
+
+class Delivery:
+    """Delivers batches of one shard; ``commit`` durably checkpoints a resolved prefix."""
+
+    def __init__(
+        self,
+        *,
+        processor: Processor,
+        policy: FailurePolicy,
+        destination: Destination | None,
+        function_arn: str,
+        commit: Commit,
+        stop: asyncio.Event,
+        progress: ProcessorProgress,
+        clock: Callable[[], float] = time.time,
+        backoff: Backoff = HANDLER_BACKOFF,
+    ) -> None:
+        self._processor = processor
+        self._policy = policy
+        self._destination = destination
+        self._function_arn = function_arn
+        self._commit = commit
+        self._stop = stop
+        self._progress = progress
+        self._clock = clock
+        self._backoff = backoff
+        self._warned_unreported = False
+
+    async def deliver(self, batch: Batch) -> bool:
+        """Resolve every record of ``batch``; False when stopping left some unresolved."""
+        records = batch.records
+        planner = RetryPlanner(
+            len(records),
+            maximum_retry_attempts=self._policy.maximum_retry_attempts,
+            bisect=self._policy.bisect_batch_on_function_error,
+        )
+        committed = 0
+        last_error: str | None = None
+        while (segment := planner.current) is not None:
+            if self._stop.is_set():
+                return False  # the rest is read again after the restart
+            expired = self._expired_prefix(records, segment.start, segment.end)
+            if expired:
+                failed = self._failed(
+                    batch, segment, expired, FailureCondition.RECORD_AGE_EXCEEDED, None
+                )
+                if not await self._hand_over(failed):
+                    return False
+                planner.discard_prefix(expired)
+            else:
+                planner.invoked()
+                response, last_error = await self._invoke(batch, segment.start, segment.end)
+                if response.ok:
+                    planner.succeeded()
+                else:
+                    step = planner.failed(response.failed_from or 0)
+                    if step is Next.GIVE_UP:
+                        failed = self._failed(
+                            batch,
+                            segment,
+                            len(segment),
+                            FailureCondition.RETRY_ATTEMPTS_EXHAUSTED,
+                            last_error,
+                        )
+                        if not await self._hand_over(failed):
+                            return False
+                        planner.give_up()
+                    elif step is Next.RETRY and await sleep_or_stop(
+                        self._stop, self._backoff.delay(segment.attempts)
+                    ):
+                        await self._commit_prefix(batch, committed, planner.resolved)
+                        return False
+            if planner.resolved > committed:
+                if not await self._commit_prefix(batch, committed, planner.resolved):
+                    return False
+                committed = planner.resolved
+        return True
+
+    async def _commit_prefix(self, batch: Batch, start: int, end: int) -> bool:
+        if end <= start:
+            return True
+        part = Batch(batch.stream_arn, batch.shard_id, batch.records[start:end])
+        return await self._commit(part)
+
+    def _expired_prefix(self, records: Sequence[StreamRecord], start: int, end: int) -> int:
+        """How many leading records of ``start:end`` are older than the maximum age."""
+        oldest_allowed = self._clock() - self._policy.max_age_s
+        count = 0
+        for record in records[start:end]:
+            created = record["dynamodb"].get("ApproximateCreationDateTime")
+            if not isinstance(created, int | float) or created >= oldest_allowed:
+                break
+            count += 1
+        return count
+
+    async def _invoke(self, batch: Batch, start: int, end: int) -> tuple[Response, str | None]:
+        part = (
+            batch
+            if (start, end) == (0, len(batch))
+            else Batch(batch.stream_arn, batch.shard_id, batch.records[start:end])
+        )
+        first, last = part.first_sequence_number, part.last_sequence_number
+        started = time.monotonic()
+        try:
+            value = await self._processor.invoke(part)
+        except Exception as exc:
+            self._progress.invoked(len(part), time.monotonic() - started, ok=False)
+            error = f"{type(exc).__name__}: {exc}"
+            log.exception(
+                "handler failed",
+                first_sequence=first,
+                last_sequence=last,
+                size=len(part),
+                error=error,
+            )
+            return Response(failed_from=0, problem=error), error
+        elapsed = time.monotonic() - started
+        if not self._policy.report_batch_item_failures:
+            if looks_like_failure_report(value) and not self._warned_unreported:
+                self._warned_unreported = True
+                log.warning(
+                    "handler returned batchItemFailures but function_response_types does not "
+                    "include ReportBatchItemFailures: the failures are ignored (as in Lambda)"
+                )
+            self._progress.invoked(len(part), elapsed, ok=True)
+            return Response(failed_from=None), None
+        response = interpret_response(value, part.records)
+        self._progress.invoked(len(part), elapsed, ok=response.failed_from != 0)
+        if response.problem:
+            log.error(
+                "handler response counts as a failure of the whole batch",
+                first_sequence=first,
+                last_sequence=last,
+                problem=response.problem,
+            )
+        elif not response.ok:
+            log.warning(
+                "handler reported failed records",
+                first_failed_sequence=part.records[response.failed_from or 0]["dynamodb"][
+                    "SequenceNumber"
+                ],
+                size=len(part),
+            )
+        return response, response.problem or (None if response.ok else "batchItemFailures")
+
+    def _failed(
+        self,
+        batch: Batch,
+        segment: Segment,
+        count: int,
+        condition: FailureCondition,
+        error: str | None,
+    ) -> FailedBatch:
+        """The first ``count`` records of ``segment``, given up on for ``condition``."""
+        return FailedBatch(
+            processor=self._processor.name,
+            function_arn=self._function_arn,
+            stream_arn=batch.stream_arn,
+            shard_id=batch.shard_id,
+            condition=condition,
+            records=batch.records[segment.start : segment.start + count],
+            approximate_invoke_count=segment.invocations,
+            function_error="Unhandled" if segment.invocations else None,
+            error_message=error,
+        )
+
+    async def _hand_over(self, failed: FailedBatch) -> bool:
+        """Store given-up records in the destination (retrying), or drop and count them."""
+        where = {
+            "condition": failed.condition.value,
+            "first_sequence": failed.start_sequence_number,
+            "last_sequence": failed.end_sequence_number,
+            "size": len(failed.records),
+        }
+        if self._destination is None:
+            self._progress.dropped(len(failed.records))
+            log.error("records dropped: no on-failure destination is configured", **where)
+            return True
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await asyncio.shield(self._destination.send(failed))
+            except DestinationError as exc:
+                self._progress.destination_failed()
+                log.warning(
+                    "on-failure destination write failed; retrying", error=str(exc), **where
+                )
+                if await sleep_or_stop(self._stop, API_BACKOFF.delay(attempt)):
+                    return False
+            else:
+                self._progress.sent_to_destination(len(failed.records))
+                log.warning(
+                    "records sent to the on-failure destination",
+                    target=self._destination.target,
+                    **where,
+                )
+                return True
