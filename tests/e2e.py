@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
+import sys
 import textwrap
 import time
 import uuid
@@ -34,8 +36,14 @@ def handler(event, context):
 
 
 def write_module(directory: Path, name: str, source: str) -> str:
-    """Write ``source`` as ``<directory>/<name>.py`` and return the module name."""
+    """Write ``source`` as ``<directory>/<name>.py`` and return the module name.
+
+    A module of that name imported by an earlier in-process test is forgotten, so the
+    handler imported next is this one.
+    """
     (directory / f"{name}.py").write_text(textwrap.dedent(source))
+    sys.modules.pop(name, None)
+    importlib.invalidate_caches()
     return name
 
 

@@ -24,6 +24,7 @@ from aiobotocore.session import AioSession
 
 from shardwise.clock import API_BACKOFF, sleep_or_stop
 from shardwise.config import ProcessorConfig, Settings
+from shardwise.destinations import Destination, open_destination
 from shardwise.dispatch.consumer import ConsumerSettings, ShardConsumer, ShardOutcome
 from shardwise.dispatch.delivery import FailurePolicy
 from shardwise.errors import ShardwiseError, SourceError, StreamNotFoundError, first_error
@@ -117,8 +118,10 @@ class ProcessorRunner:
         stop: asyncio.Event,
         progress: ProcessorProgress,
         sync_interval_s: float,
+        destination: Destination | None = None,
     ) -> None:
         self.config = config
+        self._destination = destination
         self._source = source
         self._processor = processor
         self._store = store
@@ -230,6 +233,7 @@ class ProcessorRunner:
             settings=self._consumer_settings,
             stop=self._stop,
             progress=self._progress,
+            destination=self._destination,
         )
         outcome = await consumer.run()
         if outcome is ShardOutcome.FINISHED:
@@ -244,7 +248,9 @@ class Supervisor:
         self.settings = settings
         self.stop_event = asyncio.Event()
         self.started = asyncio.Event()
-        self.progress: dict[str, ProcessorProgress] = {}
+        self.progress: dict[str, ProcessorProgress] = {
+            p.name: ProcessorProgress(p.name) for p in settings.processors if p.enabled
+        }
         self._signals = 0
         self._runner_tasks: list[asyncio.Task[None]] = []
 
@@ -333,7 +339,16 @@ class Supervisor:
             processor = build_processor(
                 config.name, targets[config.name], stream_arn=arn, timeout_s=config.timeout_seconds
             )
-            progress = self.progress.setdefault(config.name, ProcessorProgress(config.name))
+            progress = self.progress[config.name]
+            destination = None
+            if config.destination_config is not None:
+                destination = await open_destination(
+                    config.destination_config.on_failure.destination,
+                    settings=self.settings,
+                    store=store,
+                    processor=config.name,
+                )
+                stack.push_async_callback(destination.close)
             runners.append(
                 ProcessorRunner(
                     config,
@@ -343,6 +358,7 @@ class Supervisor:
                     stop=self.stop_event,
                     progress=progress,
                     sync_interval_s=self.settings.worker.shard_sync_interval_seconds,
+                    destination=destination,
                 )
             )
         return runners
