@@ -302,6 +302,8 @@ class ProcessorConfig(_Model):
     """MaximumRecordAgeInSeconds: older records skip the handler and go to the destination."""
     destination_config: DestinationConfig | None = None
     """DestinationConfig.OnFailure: where exhausted or too-old records are sent."""
+    max_poll_interval_seconds: Seconds = Field(default=3.0, ge=0.25, le=300)
+    """Longest pause between GetRecords calls on an idle shard (4 polls/s while busy)."""
 
     @property
     def reports_batch_item_failures(self) -> bool:

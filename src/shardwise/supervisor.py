@@ -133,6 +133,7 @@ class ProcessorRunner:
             batch_size=config.batch_size,
             window_s=config.maximum_batching_window_in_seconds,
             on_trimmed_data=config.on_trimmed_data,
+            max_poll_interval_s=config.max_poll_interval_seconds,
             policy=FailurePolicy(
                 maximum_retry_attempts=config.maximum_retry_attempts,
                 bisect_batch_on_function_error=config.bisect_batch_on_function_error,

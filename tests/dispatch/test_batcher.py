@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shardwise.dispatch.batcher import Batcher
+from shardwise.dispatch.consumer import IDLE_POLLS_AT_FULL_SPEED, idle_poll_interval
 from shardwise.records import ShardId, StreamRecord
 
 ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/T/stream/2026-01-01T00:00:00.000"
@@ -79,3 +80,23 @@ class TestOrder:
                 out.append(list(batch.records))
         out.extend(list(b.records) for b in batcher.take(now=now, flush=True))
         assert sequences(out) == [100 + i for i in range(written)]
+
+
+class TestIdlePolling:
+    """Idle shards back off to max_poll_interval; a record brings full speed back."""
+
+    def test_full_speed_then_backoff_to_the_cap(self) -> None:
+        for empty in range(IDLE_POLLS_AT_FULL_SPEED + 1):
+            assert idle_poll_interval(empty, 0.25, 3.0) == 0.25
+        intervals = [idle_poll_interval(n, 0.25, 3.0) for n in range(5, 40)]
+        assert 0.45 <= intervals[0] <= 0.55
+        assert all(2.7 <= i <= 3.3 for i in intervals[5:])
+        # After a minute idle: at most ~0.37 GetRecords calls per second.
+        elapsed, calls, n = 0.0, 0, 0
+        while elapsed < 120:
+            interval = idle_poll_interval(n, 0.25, 3.0)
+            if elapsed > 60:
+                calls += 1
+            elapsed += interval
+            n += 1
+        assert calls / 60 <= 0.4

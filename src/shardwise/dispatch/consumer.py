@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -50,7 +51,13 @@ from shardwise.records import (
 )
 from shardwise.sources.base import MAX_RECORDS_PER_CALL, ShardSource
 
-__all__ = ["Checkpointer", "ConsumerSettings", "ShardConsumer", "ShardOutcome"]
+__all__ = [
+    "Checkpointer",
+    "ConsumerSettings",
+    "ShardConsumer",
+    "ShardOutcome",
+    "idle_poll_interval",
+]
 
 log = structlog.get_logger("shardwise.dispatch")
 
@@ -75,8 +82,26 @@ class ConsumerSettings:
     window_s: float
     on_trimmed_data: Literal["trim_horizon", "stop"] = "trim_horizon"
     policy: FailurePolicy = field(default_factory=FailurePolicy)
-    # Lambda polls each shard about 4 times per second.
+    # Lambda polls each shard about 4 times per second; so does shardwise while a shard has
+    # data. An idle shard is polled less and less often, down to one call per
+    # max_poll_interval_s (GetRecords outside Lambda is billed per request).
     poll_interval_s: float = 0.25
+    max_poll_interval_s: float = 3.0
+
+
+# Empty polls at full speed before an idle shard starts to back off (about one second).
+IDLE_POLLS_AT_FULL_SPEED = 4
+
+
+def idle_poll_interval(empty_polls: int, base_s: float, max_s: float) -> float:
+    """Seconds between polls after ``empty_polls`` empty pages in a row: ``base_s`` at
+    first, then doubling up to ``max_s``, with +-10% jitter so idle shards do not poll in
+    lockstep."""
+    if empty_polls <= IDLE_POLLS_AT_FULL_SPEED:
+        return base_s
+    steps = min(empty_polls - IDLE_POLLS_AT_FULL_SPEED, 16)
+    interval = min(max_s, base_s * 2.0**steps)
+    return interval * random.uniform(0.9, 1.1)
 
 
 class ShardConsumer:
@@ -118,6 +143,7 @@ class ShardConsumer:
         self._resume_at_trim_horizon = False
         self._gap_after: str | None = None
         self._api_failures = 0
+        self._empty_polls = 0
 
     async def run(self) -> ShardOutcome:
         structlog.contextvars.bind_contextvars(shard=self._shard_id)
@@ -178,10 +204,16 @@ class ShardConsumer:
         self._batcher.add(page.records, time.monotonic())
 
     def _pause_s(self, started: float, page: RecordPage) -> float:
-        """Poll again at once after a full page, else keep ~4 polls/s (drift-free)."""
+        """Poll again at once after a full page, ~4 polls/s while records flow, and back off
+        on an idle shard (drift-free: the time the work took is subtracted)."""
         if len(page.records) >= MAX_RECORDS_PER_CALL:
+            self._empty_polls = 0
             return 0.0
-        delay = self._settings.poll_interval_s - (time.monotonic() - started)
+        self._empty_polls = 0 if page.records else self._empty_polls + 1
+        interval = idle_poll_interval(
+            self._empty_polls, self._settings.poll_interval_s, self._settings.max_poll_interval_s
+        )
+        delay = interval - (time.monotonic() - started)
         due = self._batcher.seconds_until_due(time.monotonic())
         if due is not None:
             delay = min(delay, due)
