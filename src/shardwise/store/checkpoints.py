@@ -155,6 +155,11 @@ class CheckpointStore:
         return self._url
 
     @property
+    def engine(self) -> AsyncEngine:
+        """The engine, for tables kept beside the checkpoints (``store.failures``)."""
+        return self._engine
+
+    @property
     def statements(self) -> int:
         """How many SQL statements this store has sent (one per save or finish)."""
         return self._statements

@@ -14,16 +14,19 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Index,
+    Integer,
     MetaData,
     PrimaryKeyConstraint,
     String,
     Table,
+    Text,
     false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["UTCDateTime", "checkpoints", "metadata"]
+__all__ = ["UTCDateTime", "checkpoints", "failures", "metadata"]
 
 # Constraint names are part of the schema: later migrations refer to them by name.
 NAMING_CONVENTION: Final = {
@@ -78,4 +81,25 @@ checkpoints = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     PrimaryKeyConstraint("processor", "stream_arn", "shard_id"),
+)
+
+# One row per failed batch stored by the ``sql`` on-failure destination. ``record`` is Lambda's
+# invocation record with the payload, as JSON text; the other columns repeat what listing
+# needs so it never parses JSON. replayed_at is set by ``shardwise failures replay``.
+failures = Table(
+    "shardwise_failures",
+    metadata,
+    Column("id", Integer(), autoincrement=True, nullable=False),
+    Column("processor", String(200), nullable=False),
+    Column("stream_arn", String(1024), nullable=False),
+    Column("shard_id", String(200), nullable=False),
+    Column("condition", String(64), nullable=False),
+    Column("start_sequence_number", String(128), nullable=False),
+    Column("end_sequence_number", String(128), nullable=False),
+    Column("batch_size", Integer(), nullable=False),
+    Column("record", Text(), nullable=False),
+    Column("failed_at", UTCDateTime(), nullable=False),
+    Column("replayed_at", UTCDateTime(), nullable=True),
+    PrimaryKeyConstraint("id"),
+    Index("ix_shardwise_failures_processor_failed_at", "processor", "failed_at"),
 )
