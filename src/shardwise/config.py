@@ -17,6 +17,7 @@ import ipaddress
 import math
 import os
 import re
+import socket
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -42,6 +43,7 @@ __all__ = [
     "AwsConfig",
     "DestinationConfig",
     "DynamoDBSourceConfig",
+    "HealthConfig",
     "HttpConfig",
     "LogConfig",
     "OnFailureConfig",
@@ -211,6 +213,11 @@ class LogConfig(_Model):
     """auto: pretty on a terminal, JSON lines otherwise."""
 
 
+def _default_worker_id() -> str:
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:100] or "worker"
+    return f"{host}-{os.getpid()}"
+
+
 class WorkerConfig(_Model):
     """This process as a whole."""
 
@@ -218,6 +225,19 @@ class WorkerConfig(_Model):
     """Grace for in-flight batches on SIGTERM/SIGINT before they are cancelled."""
     shard_sync_interval_seconds: Seconds = Field(default=30.0, ge=1, le=3600)
     """How often shards are listed again to find new ones."""
+    id: Annotated[str, _NAME] = Field(default_factory=_default_worker_id)
+    """This worker's name in the lease table; default <hostname>-<pid>."""
+    lease_duration_seconds: Seconds = Field(default=10.0, ge=1, le=300)
+    """A lease whose counter has not moved for this long is expired and may be taken."""
+    max_leases_per_worker: Int | None = Field(default=None, ge=1)
+    """Most shards this worker holds at once; default: no limit."""
+
+
+class HealthConfig(_Model):
+    """What /healthz calls unhealthy."""
+
+    max_checkpoint_stall_seconds: Seconds = Field(default=300.0, ge=1, le=86_400)
+    """A shard with records waiting whose checkpoint has not moved for this long."""
 
 
 class DynamoDBSourceConfig(_Model):
@@ -325,6 +345,7 @@ class Settings(_Model):
     http: HttpConfig = HttpConfig()
     log: LogConfig = LogConfig()
     worker: WorkerConfig = WorkerConfig()
+    health: HealthConfig = HealthConfig()
     processors: tuple[ProcessorConfig, ...] = Field(min_length=1)
     config_dir: Path = Field(default_factory=Path.cwd)
     """Directory of the config file (not a YAML key): handler imports start here."""
@@ -334,7 +355,7 @@ class Settings(_Model):
     def _empty_sections(cls, data: object) -> object:
         """A section written as ``aws:`` with nothing under it takes its defaults."""
         if isinstance(data, dict):
-            sections = {"aws", "store", "http", "log", "worker"}
+            sections = {"aws", "store", "http", "log", "worker", "health"}
             return {k: v for k, v in data.items() if not (k in sections and v is None)}
         return data
 
