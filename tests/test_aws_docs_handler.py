@@ -30,6 +30,7 @@ class TestAwsDocsHandler:
                 aws: {{region: us-east-1, endpoint_url: "{moto_endpoint}"}}
                 store: {{url: "sqlite+aiosqlite:///{tmp_path / "cp.db"}"}}
                 log: {{level: WARNING}}
+                http: {{bind: "127.0.0.1:0"}}
                 processors:
                   - name: docs
                     source: {{dynamodb: {{table: {name}}}}}

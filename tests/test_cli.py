@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import pytest
 from shardwise import __version__
 from shardwise.cli import main
 from shardwise.testing import StreamsServer
+from tests.conftest import free_port
 from tests.e2e import read_jsonl, recording_handler, write_module
 
 
@@ -50,6 +53,8 @@ def config_text(endpoint: str, store_url: str, handler: str, arn: str, extra: st
       endpoint_url: {endpoint}
     store:
       url: {store_url}
+    http:
+      bind: 127.0.0.1:0
     worker:
       shutdown_timeout_seconds: 20
       shard_sync_interval_seconds: 1
@@ -77,7 +82,19 @@ class TestHelpAndVersion:
 
     @pytest.mark.parametrize(
         "command",
-        [[], ["run"], ["validate"], ["checkpoints"], ["db"], ["db", "upgrade"], ["demo"]],
+        [
+            [],
+            ["run"],
+            ["validate"],
+            ["checkpoints"],
+            ["db"],
+            ["db", "upgrade"],
+            ["demo"],
+            ["failures"],
+            ["failures", "replay"],
+            ["status"],
+            ["iam-policy"],
+        ],
     )
     def test_help(self, command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
         with pytest.raises(SystemExit) as exited:
@@ -262,3 +279,41 @@ class TestDatabaseCommands:
         result = shardwise("checkpoints", "-c", str(config))
         assert result.returncode == 1
         assert "shardwise db upgrade" in result.stderr
+
+
+class TestRunServesHealthAndMetrics:
+    """`shardwise run` serves /healthz, /readyz and /metrics on http.bind."""
+
+    def test_endpoints(self, tmp_path: Path, server: StreamsServer) -> None:
+        stream = server.create_stream("Orders")
+        [shard] = stream.shard_ids
+        stream.put_many(shard, 5)
+        handler, out = recording_handler(tmp_path)
+        port = free_port()
+        store = f"sqlite+aiosqlite:///{tmp_path / 'cp.db'}"
+        text = config_text(server.endpoint_url, store, handler, stream.arn).replace(
+            "bind: 127.0.0.1:0", f"bind: 127.0.0.1:{port}"
+        )
+        config = write_config(tmp_path, text)
+        daemon = _start(config, cwd=tmp_path)
+        try:
+            _wait_for(lambda: len(read_jsonl(out)) >= 5, daemon)
+            base = f"http://127.0.0.1:{port}"
+            _wait_for(lambda: _get(f"{base}/readyz")[0] == 200, daemon)
+            assert _get(f"{base}/healthz")[0] == 200
+            status, metrics = _get(f"{base}/metrics")
+            assert status == 200
+            assert 'shardwise_records_processed_total{processor="orders"} 5.0' in metrics
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(timeout=30) == 0
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""

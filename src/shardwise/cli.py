@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ import structlog
 
 from shardwise import __version__
 from shardwise.config import Settings, load_config
+from shardwise.destinations.replay import add_failures_commands
 from shardwise.errors import ConfigError, HandlerImportError, ShardwiseError, first_error
 from shardwise.observe.logging import configure_logging
 
@@ -54,6 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(validate)
     validate.set_defaults(func=_cmd_validate)
 
+    status = commands.add_parser("status", help="where every processor and shard stands")
+    _config_arg(status)
+    status.set_defaults(func=_cmd_status)
+
+    iam = commands.add_parser(
+        "iam-policy", help="print the least-privilege IAM policy a config needs"
+    )
+    _config_arg(iam)
+    iam.set_defaults(func=_cmd_iam_policy)
+
     checkpoints = commands.add_parser("checkpoints", help="print the stored shard checkpoints")
     _config_arg(checkpoints)
     checkpoints.add_argument("--processor", help="only this processor")
@@ -78,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--workdir", type=Path, default=None, help="where the demo keeps its files")
     demo.set_defaults(func=_cmd_demo)
+
+    add_failures_commands(commands)
     return parser
 
 
@@ -88,9 +102,38 @@ def _load(path: Path) -> Settings:
 def _cmd_run(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     configure_logging(settings.log.level, settings.log.format)
+    asyncio.run(serve(settings))
+    return EXIT_OK
+
+
+async def serve(settings: Settings) -> None:
+    """The daemon: the supervisor, with /metrics, /healthz and /readyz on ``http.bind``."""
+    from shardwise.observe.health import ObserveServer
     from shardwise.supervisor import Supervisor
 
-    asyncio.run(Supervisor(settings).run())
+    supervisor = Supervisor(settings)
+    async with ObserveServer(
+        settings,
+        supervisor.progress,
+        store=lambda: supervisor.store,
+        started=supervisor.started,
+        stopping=supervisor.stop_event,
+        max_checkpoint_stall_s=settings.health.max_checkpoint_stall_seconds,
+    ):
+        await supervisor.run()
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from shardwise.observe.status import status_report
+
+    print(asyncio.run(status_report(_load(args.config))))
+    return EXIT_OK
+
+
+def _cmd_iam_policy(args: argparse.Namespace) -> int:
+    from shardwise.observe.iam import iam_policy
+
+    print(json.dumps(iam_policy(_load(args.config)), indent=2))
     return EXIT_OK
 
 

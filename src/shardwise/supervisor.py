@@ -239,6 +239,8 @@ class ProcessorRunner:
         outcome = await consumer.run()
         if outcome is ShardOutcome.FINISHED:
             self._wake.set()
+        elif outcome is ShardOutcome.GONE:
+            self._progress.gone(shard_id)
         return outcome
 
 
@@ -252,6 +254,7 @@ class Supervisor:
         self.progress: dict[str, ProcessorProgress] = {
             p.name: ProcessorProgress(p.name) for p in settings.processors if p.enabled
         }
+        self.store: CheckpointStore | None = None  # set while connected (for /readyz)
         self._signals = 0
         self._runner_tasks: list[asyncio.Task[None]] = []
 
@@ -293,6 +296,9 @@ class Supervisor:
                     loop.remove_signal_handler(sig)
         log.info("stopped")
 
+    def _forget_store(self) -> None:
+        self.store = None
+
     async def _drain_deadline(self) -> None:
         await self.stop_event.wait()
         if not self._runner_tasks:
@@ -315,6 +321,8 @@ class Supervisor:
                 log.info("processor disabled; its position is kept", processor=p.name)
         store = await CheckpointStore.connect(self.settings.store.url)
         stack.push_async_callback(store.close)
+        self.store = store
+        stack.callback(self._forget_store)
         aws = self.settings.aws
         session = AioSession(profile=aws.profile) if aws.profile else AioSession()
         client_kwargs: dict[str, Any] = {

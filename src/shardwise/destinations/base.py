@@ -95,9 +95,7 @@ class FailedBatch:
             },
             "responseContext": response,
             "version": "1.0",
-            "timestamp": self.failed_at.isoformat(timespec="milliseconds").replace(
-                "+00:00", "Z"
-            ),
+            "timestamp": self.failed_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "DDBStreamBatchInfo": {
                 "shardId": self.shard_id,
                 "startSequenceNumber": self.start_sequence_number,

@@ -1,0 +1,1 @@
+"""Tests of shardwise.observe: metrics, health, status and IAM."""
