@@ -19,6 +19,7 @@ from shardwise.config import Settings, load_config
 from shardwise.destinations.replay import add_failures_commands
 from shardwise.errors import ConfigError, HandlerImportError, ShardwiseError, first_error
 from shardwise.observe.logging import configure_logging
+from shardwise.observe.table import format_table
 
 __all__ = ["main"]
 
@@ -180,15 +181,8 @@ def _cmd_checkpoints(args: argparse.Namespace) -> int:
         print("no checkpoints yet")
         return EXIT_OK
     header = ["PROCESSOR", "SHARD", "SEQUENCE", "FINISHED", "UPDATED", "STREAM"]
-    print(_format_table(header, table))
+    print(format_table(header, table))
     return EXIT_OK
-
-
-def _format_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
-    head = "  ".join(cell.ljust(w) for cell, w in zip(header, widths, strict=True))
-    return "\n".join([head.rstrip(), *(line.rstrip() for line in lines)])
 
 
 def _cmd_db_upgrade(args: argparse.Namespace) -> int:

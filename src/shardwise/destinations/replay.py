@@ -27,6 +27,7 @@ from shardwise.destinations.archive import Archive, StoredFailure, open_archive
 from shardwise.destinations.factory import target_kind
 from shardwise.dispatch.response import interpret_response
 from shardwise.errors import ConfigError
+from shardwise.observe.table import format_table
 from shardwise.processors import Processor, build_processor, import_handler
 from shardwise.records import Batch, ShardId
 from shardwise.supervisor import search_paths
@@ -65,14 +66,6 @@ def _setup(args: argparse.Namespace) -> tuple[Settings, ProcessorConfig, str] | 
         print(message, file=sys.stderr)
         return EXIT_INVALID
     return settings, config, target
-
-
-def _format_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in [header, *rows]
-    )
 
 
 def _utc(moment: datetime, timespec: str) -> str:
@@ -116,7 +109,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(f"no failed batches of processor {config.name!r} in {target}")
         return EXIT_OK
     header = ["ID", "FAILED AT", "CONDITION", "SHARD", "SEQUENCES", "SIZE", "REPLAYED"]
-    print(_format_table(header, rows))
+    print(format_table(header, rows))
     return EXIT_OK
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from shardwise.config import Settings
+from shardwise.observe.table import format_table
 from shardwise.store import CheckpointStore, ShardCheckpoint, redact_url
 
 __all__ = ["format_age", "format_status", "status_report"]
@@ -72,11 +73,7 @@ def _table(rows: Sequence[ShardCheckpoint], now: datetime) -> list[str]:
         )
         for row in rows
     ]
-    widths = [max(len(row[i]) for row in [_HEADER, *cells]) for i in range(len(_HEADER))]
-    return [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in [_HEADER, *cells]
-    ]
+    return format_table(_HEADER, cells).splitlines()
 
 
 def format_age(age: timedelta) -> str:
