@@ -317,3 +317,31 @@ def _get(url: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
     except OSError:
         return 0, ""
+
+
+class TestFilterAndImportCommands:
+    """Invalid filter patterns fail validate with their position; import-esm prints YAML."""
+
+    def test_invalid_filter_pattern(self, tmp_path: Path) -> None:
+        handler, _ = recording_handler(tmp_path)
+        extra = 'filter_criteria: {filters: [{pattern: \'{"eventName": "INSERT"}\'}]}'
+        config = write_config(
+            tmp_path,
+            config_text("http://127.0.0.1:1", "sqlite+aiosqlite:///x.db", handler, ARN, extra),
+        )
+        result = shardwise("validate", "-c", str(config))
+        assert result.returncode == 2
+        assert "processors[0].filter_criteria.filters[0].pattern: at eventName" in result.stderr
+
+    def test_import_esm(self, tmp_path: Path) -> None:
+        esm = tmp_path / "esm.json"
+        esm.write_text(
+            '{"UUID": "u", "EventSourceArn": "' + ARN + '", "FunctionArn": '
+            '"arn:aws:lambda:us-east-1:123456789012:function:orders", "BatchSize": 50, '
+            '"StartingPosition": "LATEST", "MaximumRetryAttempts": 2, "State": "Enabled"}'
+        )
+        result = shardwise("import-esm", str(esm), "--handler", "app.orders:handler")
+        assert result.returncode == 0, result.stderr
+        assert "batch_size: 50" in result.stdout
+        assert "maximum_retry_attempts: 2" in result.stdout
+        assert "handler: app.orders:handler" in result.stdout

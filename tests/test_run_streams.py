@@ -353,3 +353,49 @@ class TestHandlerFailures:
             await wait_until(lambda: len(read_jsonl(out)) >= 2, what="retried batch")
             assert supervisor.progress["p"].handler_failures == 1
         assert seqs(out) == shard_seqs(stream, shard)
+
+
+class TestFilterCriteria:
+    """Records matching no filter are consumed: counted, checkpointed, never invoked."""
+
+    async def test_only_matching_records_reach_the_handler(
+        self, tmp_path: Path, server: StreamsServer, sqlite_url: str
+    ) -> None:
+        stream = server.create_stream("Orders")
+        [shard] = stream.shard_ids
+        for i, event in enumerate(["INSERT", "MODIFY", "INSERT", "REMOVE", "MODIFY"]):
+            image = {"Id": {"S": f"k{i}"}, "status": {"S": "SHIPPED" if i == 4 else "NEW"}}
+            stream.put(
+                shard,
+                event,
+                keys={"Id": {"S": f"k{i}"}},
+                new_image=None if event == "REMOVE" else image,
+                old_image=image if event != "INSERT" else None,
+            )
+        handler, out = recording_handler(tmp_path)
+        shipped = '{"dynamodb": {"NewImage": {"status": {"S": ["SHIPPED"]}}}}'
+        filters = (
+            "filter_criteria:\n        filters:\n"
+            """          - pattern: '{"eventName": ["INSERT"]}'\n"""
+            f"          - pattern: '{shipped}'\n"
+        )
+        settings = settings_for(
+            tmp_path,
+            endpoint_url=server.endpoint_url,
+            store_url=sqlite_url,
+            processors=processor_yaml(handler, stream.arn, extra=filters),
+        )
+        stream.put(shard, "REMOVE", keys={"Id": {"S": "tail"}}, old_image={"Id": {"S": "tail"}})
+        async with running(settings) as supervisor:
+            await wait_until(
+                lambda: supervisor.progress["p"].records_filtered == 3, what="3 filtered"
+            )
+            await wait_until(
+                lambda: supervisor.progress["p"].shards[shard].pending == 0, what="consumed"
+            )
+        keys = [r["dynamodb"]["Keys"]["Id"]["S"] for r in read_jsonl(out)]
+        assert keys == ["k0", "k2", "k4"]
+        async with await CheckpointStore.connect(sqlite_url) as store:
+            [checkpoint] = await store.list("p")
+        # The trailing filtered-out REMOVE is consumed too: the checkpoint is past it.
+        assert checkpoint.sequence_number == str(shard_seqs(stream, shard)[-1])

@@ -1,4 +1,5 @@
-"""The ``shardwise`` command: run, validate, checkpoints, db, demo.
+"""The ``shardwise`` command: run, validate, status, checkpoints, db, failures, import-esm,
+iam-policy, demo.
 
 Exit codes: 0 success, 1 runtime failure, 2 invalid configuration or handler.
 """
@@ -18,6 +19,7 @@ from shardwise import __version__
 from shardwise.config import Settings, load_config
 from shardwise.destinations.replay import add_failures_commands
 from shardwise.errors import ConfigError, HandlerImportError, ShardwiseError, first_error
+from shardwise.esm_import import add_import_esm_command
 from shardwise.observe.logging import configure_logging
 from shardwise.observe.table import format_table
 
@@ -93,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     add_failures_commands(commands)
+    add_import_esm_command(commands)
     return parser
 
 

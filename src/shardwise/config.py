@@ -35,6 +35,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from shardwise.dispatch.filters import MAX_FILTERS, validate_pattern
 from shardwise.errors import ConfigError
 from shardwise.records import StartingPosition
 from shardwise.store.engine import redact_url
@@ -43,6 +44,8 @@ __all__ = [
     "AwsConfig",
     "DestinationConfig",
     "DynamoDBSourceConfig",
+    "FilterConfig",
+    "FilterCriteriaConfig",
     "HealthConfig",
     "HttpConfig",
     "LogConfig",
@@ -292,6 +295,19 @@ def _record_age(value: int) -> int:
     return value
 
 
+class FilterConfig(_Model):
+    """One filter: an event pattern in Lambda's filter syntax, as a JSON string."""
+
+    pattern: Annotated[str, AfterValidator(validate_pattern)]
+    """FilterCriteria.Filters[].Pattern."""
+
+
+class FilterCriteriaConfig(_Model):
+    """FilterCriteria: a record is processed when it matches any filter."""
+
+    filters: tuple[FilterConfig, ...] = Field(default=(), max_length=MAX_FILTERS)
+
+
 class ProcessorConfig(_Model):
     """One stream -> one handler, like one Lambda event source mapping."""
 
@@ -322,6 +338,8 @@ class ProcessorConfig(_Model):
     """MaximumRecordAgeInSeconds: older records skip the handler and go to the destination."""
     destination_config: DestinationConfig | None = None
     """DestinationConfig.OnFailure: where exhausted or too-old records are sent."""
+    filter_criteria: FilterCriteriaConfig | None = None
+    """FilterCriteria: records matching no filter are consumed without invoking the handler."""
     max_poll_interval_seconds: Seconds = Field(default=3.0, ge=0.25, le=300)
     """Longest pause between GetRecords calls on an idle shard (4 polls/s while busy)."""
 

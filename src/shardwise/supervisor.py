@@ -27,6 +27,7 @@ from shardwise.config import ProcessorConfig, Settings
 from shardwise.destinations import Destination, open_destination
 from shardwise.dispatch.consumer import ConsumerSettings, ShardConsumer, ShardOutcome
 from shardwise.dispatch.delivery import FailurePolicy
+from shardwise.dispatch.filters import RecordFilter, compile_filters
 from shardwise.errors import ShardwiseError, SourceError, StreamNotFoundError, first_error
 from shardwise.observe.progress import ProcessorProgress
 from shardwise.processors import Processor, build_processor, import_handler
@@ -134,6 +135,7 @@ class ProcessorRunner:
             window_s=config.maximum_batching_window_in_seconds,
             on_trimmed_data=config.on_trimmed_data,
             max_poll_interval_s=config.max_poll_interval_seconds,
+            record_filter=self._record_filter(config),
             policy=FailurePolicy(
                 maximum_retry_attempts=config.maximum_retry_attempts,
                 bisect_batch_on_function_error=config.bisect_batch_on_function_error,
@@ -143,6 +145,21 @@ class ProcessorRunner:
         )
         self._running: dict[ShardId, asyncio.Task[ShardOutcome]] = {}
         self._wake = asyncio.Event()
+
+    @staticmethod
+    def _record_filter(config: ProcessorConfig) -> RecordFilter | None:
+        if config.filter_criteria is None:
+            return None
+        record_filter = compile_filters([f.pattern for f in config.filter_criteria.filters])
+        for note in record_filter.notes:
+            log.warning(
+                "filter pattern may not match what it means to",
+                processor=config.name,
+                filter_index=note.filter_index,
+                position=note.position,
+                note=note.message,
+            )
+        return record_filter
 
     async def run(self) -> None:
         structlog.contextvars.bind_contextvars(processor=self.config.name)

@@ -56,7 +56,8 @@ def busy_progress(now_monotonic: float = 1000.0) -> ProcessorProgress:
     progress.api_failed("LimitExceededException")
     progress.api_failed(None)
     progress.trimmed(ShardId("shard-a"))
-    progress.filtered(4)
+    progress.polled(ShardId("shard-b"), 4)  # ... all filtered out
+    progress.filtered(ShardId("shard-b"), 4)
     progress.dropped(2)
     progress.sent_to_destination(1)
     progress.destination_failed()
@@ -88,8 +89,8 @@ class TestProgressCollector:
         """Counters carry the processor label and the progress values."""
         samples = collect({"orders": busy_progress()})
         expected = {
-            "shardwise_records_polled_total": 7,
-            "shardwise_get_records_calls_total": 4,
+            "shardwise_records_polled_total": 11,
+            "shardwise_get_records_calls_total": 5,
             "shardwise_empty_polls_total": 2,
             "shardwise_invocations_total": 2,
             "shardwise_invoked_records_total": 6,

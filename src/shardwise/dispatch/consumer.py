@@ -31,6 +31,7 @@ from shardwise.clock import API_BACKOFF, sleep_or_stop
 from shardwise.destinations.base import Destination
 from shardwise.dispatch.batcher import Batcher
 from shardwise.dispatch.delivery import Delivery, FailurePolicy
+from shardwise.dispatch.filters import RecordFilter
 from shardwise.errors import (
     ExpiredIteratorError,
     ShardNotFoundError,
@@ -82,6 +83,8 @@ class ConsumerSettings:
     window_s: float
     on_trimmed_data: Literal["trim_horizon", "stop"] = "trim_horizon"
     policy: FailurePolicy = field(default_factory=FailurePolicy)
+    # FilterCriteria: records matching no filter are consumed without an invocation.
+    record_filter: RecordFilter | None = None
     # Lambda polls each shard about 4 times per second; so does shardwise while a shard has
     # data. An idle shard is polled less and less often, down to one call per
     # max_poll_interval_s (GetRecords outside Lambda is billed per request).
@@ -140,6 +143,7 @@ class ShardConsumer:
         )
         self._iterator: str | None = None
         self._last_read: SequenceNumber | None = start.after
+        self._checkpointed: SequenceNumber | None = start.after
         self._resume_at_trim_horizon = False
         self._gap_after: str | None = None
         self._api_failures = 0
@@ -163,6 +167,8 @@ class ShardConsumer:
             self._accept(page)
             if not await self._deliver_ready(flush=closed):
                 self._progress.released(self._shard_id, len(self._batcher))
+                return ShardOutcome.STOPPED
+            if not await self._checkpoint_filtered_tail():
                 return ShardOutcome.STOPPED
             if closed:
                 finished = await self._finish()
@@ -201,7 +207,13 @@ class ShardConsumer:
                 resumed_at_sequence=first,
             )
             self._gap_after = None
-        self._batcher.add(page.records, time.monotonic())
+        records = page.records
+        record_filter = self._settings.record_filter
+        if record_filter is not None and record_filter.active:
+            records = record_filter.keep(records)
+            if len(records) < len(page.records):
+                self._progress.filtered(self._shard_id, len(page.records) - len(records))
+        self._batcher.add(records, time.monotonic())
 
     def _pause_s(self, started: float, page: RecordPage) -> float:
         """Poll again at once after a full page, ~4 polls/s while records flow, and back off
@@ -287,6 +299,19 @@ class ShardConsumer:
             else:
                 return True
 
+    async def _checkpoint_filtered_tail(self) -> bool:
+        """Nothing waits to be delivered, yet records were read past the checkpoint: they
+        were all filtered out. Move the checkpoint over them (they are consumed)."""
+        last = self._last_read
+        if len(self._batcher) or last is None or last == self._checkpointed:
+            return True
+        if not await self._write(
+            "checkpoint", lambda: self._checkpointer.save(self._shard_id, last)
+        ):
+            return False
+        self._checkpointed = last
+        return True
+
     async def _checkpoint(self, batch: Batch) -> bool:
         sequence = batch.last_sequence_number
         started = time.monotonic()
@@ -295,6 +320,7 @@ class ShardConsumer:
         )
         if not saved:
             return False
+        self._checkpointed = sequence
         created = batch.records[-1]["dynamodb"].get("ApproximateCreationDateTime")
         self._progress.checkpointed(
             self._shard_id,

@@ -195,9 +195,11 @@ class ProcessorProgress:
         with leases, went to another worker). It leaves the per-shard views."""
         self.shards.pop(shard_id, None)
 
-    def filtered(self, records: int) -> None:
+    def filtered(self, shard_id: ShardId, records: int) -> None:
         """``records`` records matched none of the filters: consumed without an invocation."""
         self.records_filtered += records
+        shard = self.shard(shard_id)
+        shard.pending = max(0, shard.pending - records)
 
     def dropped(self, records: int) -> None:
         """``records`` records were given up on with no destination to keep them."""

@@ -1,0 +1,347 @@
+"""``shardwise import-esm``: Lambda event source mappings (ESM) as ``processors:`` YAML.
+
+Reads ``aws lambda get-event-source-mapping`` JSON, or a CloudFormation/SAM template (JSON or
+YAML) whose ``AWS::Lambda::EventSourceMapping`` resources and ``DynamoDB`` events of functions
+each become a processor, every key commented with its ESM parameter. The unknowable is said, not
+guessed: the Python handler is ``CHANGE_ME.module:handler``; ``!Ref``/``!GetAtt``/``!Sub`` become
+``${NAME}`` variables for shardwise to expand; settings shardwise does not run yet are flagged;
+ESM keys without a shardwise setting are listed. Non-DynamoDB sources are refused or skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from shardwise.dispatch.filters import FilterPatternError, compile_filters
+
+__all__ = [
+    "PLACEHOLDER_HANDLER",
+    "EsmImportError",
+    "add_import_esm_command",
+    "esm_to_processor_yaml",
+]
+
+PLACEHOLDER_HANDLER = "CHANGE_ME.module:handler"
+
+_SETTINGS = {  # ESM parameter -> processor key, copied as they are
+    "StartingPosition": "starting_position",
+    "BatchSize": "batch_size",
+    "MaximumBatchingWindowInSeconds": "maximum_batching_window_in_seconds",
+    "MaximumRetryAttempts": "maximum_retry_attempts",
+    "BisectBatchOnFunctionError": "bisect_batch_on_function_error",
+    "MaximumRecordAgeInSeconds": "maximum_record_age_in_seconds",
+    "FunctionResponseTypes": "function_response_types",
+    "ParallelizationFactor": "parallelization_factor",
+    "TumblingWindowInSeconds": "tumbling_window_in_seconds",
+}
+_NOT_YET = {  # ESM parameter -> (the value shardwise runs as today, flag for any other)
+    "ParallelizationFactor": (1, "not supported by shardwise yet: one batch per shard at a time"),
+    "TumblingWindowInSeconds": (0, "not supported by shardwise yet: no tumbling windows"),
+}
+_READ = set(  # read into other keys, or facts about the mapping rather than settings
+    "EventSourceArn FunctionArn FunctionName State Enabled DestinationConfig FilterCriteria UUID "
+    "EventSourceMappingArn LastModified LastProcessingResult StateTransitionReason".split()
+)
+_SERVICES = {"kinesis": "Kinesis", "sqs": "SQS", "kafka": "Amazon MSK", "mq": "Amazon MQ"}
+_SERVICES |= {"rds": "DocumentDB", "docdb": "DocumentDB"}
+_RESOURCES = {"AWS::Kinesis::Stream": "Kinesis", "AWS::Kinesis::StreamConsumer": "Kinesis"}
+_RESOURCES |= {"AWS::SQS::Queue": "SQS", "AWS::MSK::Cluster": "Amazon MSK"}
+_SAM_OTHERS = {"Kinesis", "SQS", "MSK", "MQ", "SelfManagedKafka", "DocumentDB"}
+
+
+class EsmImportError(ValueError):
+    """The input is not an event source mapping shardwise can import."""
+
+
+@dataclass
+class _Mapping:
+    """One ESM: where it was found, its properties (ESM names) and its function's name."""
+
+    label: str
+    props: dict[str, Any]
+    name: str | None = None
+
+
+def esm_to_processor_yaml(text: str, *, name: str | None = None, handler: str | None = None) -> str:
+    """The ``processors:`` YAML for the mappings in ``text``; EsmImportError if there are none."""
+    document = _load(text)
+    found = document.get("Resources")
+    resources: dict[str, Any] = found if isinstance(found, dict) else {}
+    mappings, skipped = _mappings(document, resources)
+    others = [_other_source(m.props["EventSourceArn"], resources) for m in mappings]
+    skipped += [f"{m.label} ({other})" for m, other in zip(mappings, others, strict=True) if other]
+    if not (kept := [m for m, other in zip(mappings, others, strict=True) if not other]):
+        found = "; ".join(skipped) or "nothing"
+        raise EsmImportError(f"no DynamoDB stream to import (found: {found})")
+    lines = [
+        "# From `shardwise import-esm`; comments name each key's ESM parameter. Disable the",
+        "# mapping before starting shardwise (both would process the stream). shardwise starts",
+        "# at starting_position: TRIM_HORIZON re-reads up to 24 h, LATEST skips what came between.",
+        *([f"# Skipped, not DynamoDB Streams: {'; '.join(skipped)}."] if skipped else []),
+        "processors:",
+    ]
+    names = [name or mapping.name or "CHANGE_ME" for mapping in kept]
+    for n, (mapping, base) in enumerate(zip(kept, names, strict=True)):
+        unique = base if names.count(base) == 1 else f"{base}-{names[:n].count(base) + 1}"
+        lines += _processor(mapping, unique, handler, resources)
+    return "\n".join(lines) + "\n"
+
+
+class _TemplateLoader(yaml.SafeLoader):
+    """A SafeLoader that reads CloudFormation's short forms (``!GetAtt A.B``) as the long ones."""
+
+
+def _short_form(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+    if isinstance(node, yaml.ScalarNode):
+        scalar = loader.construct_scalar(node)
+        value: Any = scalar.split(".", 1) if suffix == "GetAtt" else scalar
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]  # MappingNode
+    return {"Ref" if suffix == "Ref" else f"Fn::{suffix}": value}
+
+
+_TemplateLoader.add_multi_constructor("!", _short_form)
+
+
+def _load(text: str) -> dict[str, Any]:
+    try:
+        document = json.loads(text)
+    except ValueError as json_error:
+        try:
+            document = yaml.load(text, Loader=_TemplateLoader)  # a SafeLoader
+        except yaml.YAMLError as exc:
+            looks_json = text.lstrip().startswith(("{", "["))
+            raise EsmImportError(f"not JSON or YAML: {json_error if looks_json else exc}") from None
+    if not isinstance(document, dict):
+        raise EsmImportError(f"expected a JSON object or a template, not {document!r:.40}")
+    return document
+
+
+def _mappings(
+    document: dict[str, Any], resources: dict[str, Any]
+) -> tuple[list[_Mapping], list[str]]:
+    """Every mapping in an API response or a template; and the SAM events that are not DynamoDB."""
+    mappings, skipped = [], []
+    entries = [] if resources else document.get("EventSourceMappings", [document])
+    for entry in entries if isinstance(entries, list) else [None]:
+        if not isinstance(entry, dict) or "EventSourceArn" not in entry:
+            raise EsmImportError("neither event source mapping JSON nor a CloudFormation template")
+        name = _function_name(entry.get("FunctionArn", entry.get("FunctionName")), {})
+        mappings.append(_Mapping(f"ESM {entry.get('UUID', '(no UUID)')}", entry, name))
+    for logical_id, resource in resources.items():
+        kind = resource.get("Type") if isinstance(resource, dict) else None
+        props = (resource.get("Properties") if isinstance(resource, dict) else None) or {}
+        if kind == "AWS::Lambda::EventSourceMapping":
+            if "EventSourceArn" not in props:
+                raise EsmImportError(f"{logical_id} has no EventSourceArn")
+            name = _function_name(props.get("FunctionName"), resources)
+            mappings.append(_Mapping(logical_id, dict(props), name))
+        events = props.get("Events") if kind == "AWS::Serverless::Function" else None
+        for event_id, event in (events or {}).items():
+            event_type = event.get("Type") if isinstance(event, dict) else None
+            if event_type in _SAM_OTHERS:
+                skipped.append(f"{logical_id}.Events.{event_id} ({event_type})")
+            elif event_type == "DynamoDB":
+                settings = dict(event.get("Properties") or {})
+                settings["EventSourceArn"] = settings.pop("Stream", None)
+                name = _function_name({"Ref": logical_id}, resources)
+                mappings.append(_Mapping(f"{logical_id}.Events.{event_id}", settings, name))
+    return mappings, skipped
+
+
+def _function_name(ref: object, resources: dict[str, Any]) -> str | None:
+    """A function resource's ``FunctionName`` or logical id; a name from a name or an ARN."""
+    if target := _logical_id(ref):
+        resource = resources.get(target)
+        props = (resource.get("Properties") if isinstance(resource, dict) else None) or {}
+        return props["FunctionName"] if isinstance(props.get("FunctionName"), str) else target
+    text = ref if isinstance(ref, str) else ""  # arn:aws:lambda:...:function:name[:alias]
+    return text.rsplit(":function:", 1)[-1].split(":", 1)[0] or None
+
+
+def _logical_id(ref: object) -> str | None:
+    """The resource named in ``!Ref X`` or ``!GetAtt X.Arn``."""
+    if isinstance(ref, dict) and isinstance(ref.get("Ref"), str):
+        return str(ref["Ref"])
+    target = ref.get("Fn::GetAtt") if isinstance(ref, dict) else None
+    return str(target[0]) if isinstance(target, list) and target else None
+
+
+def _other_source(source: object, resources: dict[str, Any]) -> str | None:
+    """What a mapping reads if not a DynamoDB stream; None if it is, or cannot be told."""
+    if isinstance(source, str) and (found := re.match(r"arn:aws[\w-]*:([\w-]+):", source)):
+        return None if found[1] == "dynamodb" else _SERVICES.get(found[1], found[1])
+    resource = resources.get(_logical_id(source) or "") if isinstance(source, dict) else None
+    return _RESOURCES.get(str(resource.get("Type"))) if isinstance(resource, dict) else None
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+
+def _processor(mapping: _Mapping, name: str, handler: str | None, res: dict[str, Any]) -> list[str]:
+    props = mapping.props
+    lines = [f"  - name: {_scalar(name)}  # FunctionName, or --name; the checkpoint namespace"]
+    lines.append(f"    # from {mapping.label}")
+    if handler:  # Lambda's app.handler is app:handler here
+        module, colon, attribute = handler.rpartition(":" if ":" in handler else ".")
+        lines.append(f"    handler: {_scalar(f'{module}:{attribute}' if colon else handler)}")
+    else:
+        lines.append(
+            f"    handler: {PLACEHOLDER_HANDLER}  # CHANGE_ME: an ESM knows no module:function"
+        )
+    lines += _source(props["EventSourceArn"], res)
+    if "StartingPosition" not in props:
+        lines.append("    starting_position: TRIM_HORIZON  # CHANGE_ME: StartingPosition not given")
+    for esm_key, key in _SETTINGS.items():
+        if esm_key in props:
+            value, how = _value(props[esm_key])
+            fine, flag = _NOT_YET.get(esm_key, (props[esm_key], ""))
+            flag = f" -- {flag}" if props[esm_key] != fine else ""
+            lines.append(f"    {key}: {value}  # {esm_key}{how}{flag}")
+    if "Enabled" in props:
+        lines.append(f"    enabled: {_value(props['Enabled'])[0]}  # Enabled")
+    elif isinstance(state := props.get("State"), str):
+        enabled = "false" if state in ("Disabled", "Disabling") else "true"
+        lines.append(f"    enabled: {enabled}  # State: {state}")
+    failure = (props.get("DestinationConfig") or {}).get("OnFailure") or {}
+    if isinstance(failure, dict) and "Destination" in failure:
+        value, how = _value(failure["Destination"])
+        lines += ["    destination_config:", "      on_failure:", f"        destination: {value}"]
+        lines[-1] += f"  # DestinationConfig.OnFailure.Destination{how}"
+    lines += _filters(props.get("FilterCriteria"))
+    extra = {k: v for k, v in props.items() if k not in _SETTINGS and k not in _READ}
+    for outer, inner in (("DestinationConfig", "OnFailure"), ("FilterCriteria", "Filters")):
+        if isinstance(part := props.get(outer), dict):  # e.g. OnSuccess, or an intrinsic
+            extra |= {f"{outer}.{k}": v for k, v in part.items() if k != inner}
+    if extra:
+        lines.append("    # Not carried over (shardwise has no such setting):")
+        lines += [f"    #   {k}: {json.dumps(v, default=str)}" for k, v in extra.items()]
+    return lines
+
+
+def _source(source: object, resources: dict[str, Any]) -> list[str]:
+    key, (text, how) = "stream_arn", _value(source)
+    if isinstance(source, dict) and "Fn::GetAtt" in source:
+        table_props = resources.get(_logical_id(source) or "", {}).get("Properties") or {}
+        if isinstance(table := table_props.get("TableName"), str):
+            key, text = "table", _scalar(table)
+            how = f": !GetAtt {_logical_id(source)}.StreamArn, the table's latest stream"
+    elif isinstance(source, str) and "/stream/" not in source:
+        key = "table"  # a table ARN: shardwise reads the table's latest stream
+    return ["    source:", "      dynamodb:", f"        {key}: {text}  # EventSourceArn{how}"]
+
+
+def _filters(criteria: object) -> list[str]:
+    filters = criteria.get("Filters") if isinstance(criteria, dict) else None
+    if not isinstance(filters, list) or not filters:
+        return []
+    lines = ["    filter_criteria:  # FilterCriteria", "      filters:"]
+    for index, entry in enumerate(filters):
+        pattern = entry.get("Pattern") if isinstance(entry, dict) else entry
+        if isinstance(pattern, dict) and not _is_intrinsic(pattern):
+            pattern = json.dumps(pattern)  # written as YAML rather than as a JSON string
+        if isinstance(pattern, str):
+            try:
+                notes = [f"{n.message} (at {n.position})" for n in compile_filters([pattern]).notes]
+            except FilterPatternError as exc:
+                where = f" at {exc.position}" if exc.position else ""
+                notes = [f"Lambda and shardwise reject this pattern{where}: {exc.reason}"]
+            lines += [f"        # {note}" for note in notes]
+        value, how = _value(pattern)
+        lines.append(f"        - pattern: {value}  # Filters[{index}].Pattern{how}")
+    return lines
+
+
+def _is_intrinsic(value: object) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and str(*value).startswith(("Ref", "Fn::"))
+
+
+def _value(value: object) -> tuple[str, str]:
+    """``value`` as YAML, and (``: from !Ref X -- set X ...``) how, if not literally given."""
+    if isinstance(value, dict) and _is_intrinsic(value):
+        text, written = _resolve(value)
+        names = ", ".join(re.findall(r"(?<!\$)\$\{([A-Za-z_]\w*)\}", text))
+        return _scalar(text), f": from {written} -- set {names}, or write the value in"
+    if isinstance(value, list):
+        items = [_value(item) for item in value]
+        return "[" + ", ".join(text for text, _ in items) + "]", "".join(how for _, how in items)
+    if isinstance(value, str):  # shardwise expands ${...} in strings: keep a literal one literal
+        return _scalar(value.replace("${", "$${")), ""
+    return (json.dumps(value), "") if isinstance(value, dict) else (_scalar(value), "")
+
+
+def _resolve(intrinsic: dict[str, Any]) -> tuple[str, str]:
+    """A CloudFormation intrinsic as ``${ENV_VAR}`` placeholders, and as it was written."""
+    function, argument = next(iter(intrinsic.items()))
+    if function == "Fn::GetAtt":
+        parts = argument if isinstance(argument, list) else str(argument).split(".", 1)
+        return f"${{{_env(*parts)}}}", f"!GetAtt {'.'.join(map(str, parts))}"
+    if function == "Fn::Sub":
+        template = str(argument[0] if isinstance(argument, list) else argument)
+        return re.sub(r"\$\{(!?)([^}]*)\}", _sub_variable, template), f"!Sub {template}"
+    if function in ("Ref", "Fn::ImportValue") and isinstance(argument, str):
+        return f"${{{_env(argument)}}}", f"!{function.removeprefix('Fn::')} {argument}"
+    return "${CHANGE_ME}", f"{function} (not resolved here)"
+
+
+def _sub_variable(found: re.Match[str]) -> str:
+    """``${!Literal}`` stays literal (``$${`` in shardwise); ``${Name.Attr}`` becomes a variable."""
+    return f"$${{{found[2]}}}" if found[1] else f"${{{_env(found[2])}}}"
+
+
+def _env(*parts: object) -> str:
+    """An environment variable name: ``OrdersTable.StreamArn`` -> ``ORDERS_TABLE_STREAM_ARN``."""
+    words = "_".join(re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", str(part)) for part in parts)
+    return re.sub(r"[^A-Za-z0-9]+", "_", words).strip("_").upper() or "CHANGE_ME"
+
+
+def _scalar(value: object) -> str:
+    """``value`` as a YAML scalar that reads back as itself: plain when that is safe."""
+    if value is None or isinstance(value, bool | int | float):
+        return json.dumps(value)
+    text = str(value)
+    if not text.isprintable():  # newlines, tabs, control characters: only "..." can hold them
+        return json.dumps(text)
+    try:
+        if yaml.safe_load(f"k: {text}") == {"k": text}:
+            return text
+    except yaml.YAMLError:
+        pass
+    return "'" + text.replace("'", "''") + "'"
+
+
+# --- the command --------------------------------------------------------------------------------
+
+
+def add_import_esm_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``shardwise import-esm FILE [--name N] [--handler H]``."""
+    command = subparsers.add_parser("import-esm", help="an event source mapping as processors:")
+    command.add_argument("file", help="get-event-source-mapping JSON or a template; - for stdin")
+    command.add_argument("--name", help="processor name (default: the function's name)")
+    command.add_argument("--handler", help="module:function (default: a CHANGE_ME placeholder)")
+    command.set_defaults(func=_cmd_import_esm)
+
+
+def _cmd_import_esm(args: argparse.Namespace) -> int:
+    """Exit 0 with the YAML on stdout; 2 if the input cannot be read or imported."""
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text("utf-8")
+        output = esm_to_processor_yaml(text, name=args.name, handler=args.handler)
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"error: cannot read {args.file}: {exc}", file=sys.stderr)
+        return 2
+    except EsmImportError as exc:
+        print(f"error: {args.file}: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(output)
+    return 0
