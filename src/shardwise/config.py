@@ -338,6 +338,8 @@ class ProcessorConfig(_Model):
     """MaximumRecordAgeInSeconds: older records skip the handler and go to the destination."""
     destination_config: DestinationConfig | None = None
     """DestinationConfig.OnFailure: where exhausted or too-old records are sent."""
+    payload_limit_bytes: Int = Field(default=6 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    """Largest event JSON per invocation (Lambda: 6 MB); a bigger record goes to the destination."""
     filter_criteria: FilterCriteriaConfig | None = None
     """FilterCriteria: records matching no filter are consumed without invoking the handler."""
     max_poll_interval_seconds: Seconds = Field(default=3.0, ge=0.25, le=300)

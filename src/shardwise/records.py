@@ -105,6 +105,8 @@ class Batch:
     stream_arn: str
     shard_id: ShardId
     records: Sequence[StreamRecord] = field(repr=False)
+    # Size of the event JSON when the batcher measured it (0 = not measured).
+    payload_bytes: int = 0
 
     def __post_init__(self) -> None:
         if not self.records:

@@ -141,6 +141,7 @@ class ProcessorRunner:
                 bisect_batch_on_function_error=config.bisect_batch_on_function_error,
                 report_batch_item_failures=config.reports_batch_item_failures,
                 maximum_record_age_s=config.maximum_record_age_in_seconds,
+                payload_limit_bytes=config.payload_limit_bytes,
             ),
         )
         self._running: dict[ShardId, asyncio.Task[ShardOutcome]] = {}

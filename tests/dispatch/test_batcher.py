@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -100,3 +101,23 @@ class TestIdlePolling:
             elapsed += interval
             n += 1
         assert calls / 60 <= 0.4
+
+
+class TestPayloadLimit:
+    """A batch is cut before its event JSON passes the payload limit."""
+
+    def test_cut_by_size_and_oversized_record_alone(self) -> None:
+        def big(i: int, size: int) -> StreamRecord:
+            return {"dynamodb": {"SequenceNumber": str(100 + i)}, "pad": "x" * size}
+
+        limit = 10_000
+        pending = [big(0, 3000), big(1, 3000), big(2, 3000), big(3, 20_000), big(4, 10)]
+        batcher = Batcher(ARN, ShardId("s"), batch_size=100, window_s=0, payload_limit_bytes=limit)
+        batcher.add(pending, now=0.0)
+        batches = batcher.take(now=0.0)
+        assert [len(b) for b in batches] == [3, 1, 1]
+        assert batches[0].payload_bytes <= limit
+        assert batches[1].payload_bytes > limit  # the oversized record, alone
+        assert batches[2].payload_bytes <= limit
+        for batch in batches:
+            assert batch.payload_bytes == len(orjson.dumps({"Records": list(batch.records)}))

@@ -112,6 +112,9 @@ class Harness:
         return True
 
     async def run(self, records: list[StreamRecord]) -> bool:
+        return await self.run_batch(Batch(ARN, ShardId("shard-1"), records))
+
+    async def run_batch(self, batch: Batch) -> bool:
         delivery = Delivery(
             processor=self.handler,
             policy=self.policy,
@@ -123,7 +126,7 @@ class Harness:
             clock=lambda: NOW,
             backoff=NO_WAIT,
         )
-        return await delivery.deliver(Batch(ARN, ShardId("shard-1"), records))
+        return await delivery.deliver(batch)
 
 
 @st.composite
@@ -311,3 +314,20 @@ class TestRecordAge:
         assert handler.invocations == []
         assert harness.destination is not None
         assert harness.destination.sent[0].condition is FailureCondition.RECORD_AGE_EXCEEDED
+
+
+class TestPayloadLimit:
+    """A record larger than the payload limit is never invoked."""
+
+    async def test_oversized_record_goes_to_the_destination(self) -> None:
+        records = make_records(1)
+        handler = ScriptedHandler(set())
+        destination = MemoryDestination()
+        policy = FailurePolicy(payload_limit_bytes=100)
+        harness = Harness(handler, policy, destination)
+        assert await harness.run_batch(Batch(ARN, ShardId("s"), records, payload_bytes=500))
+        assert handler.invocations == []
+        [failed] = destination.sent
+        assert failed.condition is FailureCondition.MAXIMUM_PAYLOAD_SIZE_EXCEEDED
+        assert "500 bytes" in (failed.error_message or "")
+        assert harness.commits == [1000]

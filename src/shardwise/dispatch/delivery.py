@@ -48,6 +48,8 @@ class FailurePolicy:
     bisect_batch_on_function_error: bool = False
     report_batch_item_failures: bool = False
     maximum_record_age_s: int = -1
+    # A batch whose event JSON is larger (one record alone above it) is not invoked.
+    payload_limit_bytes: int | None = None
 
     @property
     def max_age_s(self) -> int:
@@ -83,52 +85,68 @@ class Delivery:
 
     async def deliver(self, batch: Batch) -> bool:
         """Resolve every record of ``batch``; False when stopping left some unresolved."""
-        records = batch.records
         planner = RetryPlanner(
-            len(records),
+            len(batch),
             maximum_retry_attempts=self._policy.maximum_retry_attempts,
             bisect=self._policy.bisect_batch_on_function_error,
         )
         committed = 0
-        last_error: str | None = None
-        while (segment := planner.current) is not None:
-            if self._stop.is_set():
-                return False  # the rest is read again after the restart
-            expired = self._expired_prefix(records, segment.start, segment.end)
-            if expired:
-                failed = self._failed(
-                    batch, segment, expired, FailureCondition.RECORD_AGE_EXCEEDED, None
-                )
-                if not await self._hand_over(failed):
-                    return False
-                planner.discard_prefix(expired)
-            else:
-                planner.invoked()
-                response, last_error = await self._invoke(batch, segment.start, segment.end)
-                if response.ok:
-                    planner.succeeded()
-                else:
-                    step = planner.failed(response.failed_from or 0)
-                    if step is Next.GIVE_UP:
-                        failed = self._failed(
-                            batch,
-                            segment,
-                            len(segment),
-                            FailureCondition.RETRY_ATTEMPTS_EXHAUSTED,
-                            last_error,
-                        )
-                        if not await self._hand_over(failed):
-                            return False
-                        planner.give_up()
-                    elif step is Next.RETRY and await sleep_or_stop(
-                        self._stop, self._backoff.delay(segment.attempts)
-                    ):
-                        await self._commit_prefix(batch, committed, planner.resolved)
-                        return False
+        going_on = await self._refuse_oversized(batch, planner)
+        while True:
             if planner.resolved > committed:
                 if not await self._commit_prefix(batch, committed, planner.resolved):
                     return False
                 committed = planner.resolved
+            if not going_on or (segment := planner.current) is None:
+                return going_on
+            if self._stop.is_set():
+                return False  # the rest is read again after the restart
+            going_on = await self._step(batch, planner, segment)
+
+    async def _step(self, batch: Batch, planner: RetryPlanner, segment: Segment) -> bool:
+        """Act once on the current segment; False when stopping."""
+        expired = self._expired_prefix(batch.records, segment.start, segment.end)
+        if expired:
+            failed = self._failed(batch, segment, expired, FailureCondition.RECORD_AGE_EXCEEDED)
+            if not await self._hand_over(failed):
+                return False
+            planner.discard_prefix(expired)
+            return True
+        planner.invoked()
+        response, error = await self._invoke(batch, segment.start, segment.end)
+        if response.ok:
+            planner.succeeded()
+            return True
+        step = planner.failed(response.failed_from or 0)
+        if step is Next.GIVE_UP:
+            condition = FailureCondition.RETRY_ATTEMPTS_EXHAUSTED
+            return await self._give_up(batch, planner, segment, condition, error)
+        if step is Next.RETRY:
+            return not await sleep_or_stop(self._stop, self._backoff.delay(segment.attempts))
+        return True
+
+    async def _refuse_oversized(self, batch: Batch, planner: RetryPlanner) -> bool:
+        """A record larger than the payload limit (the batcher gives it a batch of its own)
+        is never invoked: it goes to the destination. False when stopping."""
+        limit = self._policy.payload_limit_bytes
+        segment = planner.current
+        if limit is None or batch.payload_bytes <= limit or segment is None:
+            return True
+        error = f"event payload of {batch.payload_bytes} bytes is over the {limit}-byte limit"
+        condition = FailureCondition.MAXIMUM_PAYLOAD_SIZE_EXCEEDED
+        return await self._give_up(batch, planner, segment, condition, error)
+
+    async def _give_up(
+        self,
+        batch: Batch,
+        planner: RetryPlanner,
+        segment: Segment,
+        condition: FailureCondition,
+        error: str | None,
+    ) -> bool:
+        if not await self._hand_over(self._failed(batch, segment, len(segment), condition, error)):
+            return False
+        planner.give_up()
         return True
 
     async def _commit_prefix(self, batch: Batch, start: int, end: int) -> bool:
@@ -204,7 +222,7 @@ class Delivery:
         segment: Segment,
         count: int,
         condition: FailureCondition,
-        error: str | None,
+        error: str | None = None,
     ) -> FailedBatch:
         """The first ``count`` records of ``segment``, given up on for ``condition``."""
         return FailedBatch(
