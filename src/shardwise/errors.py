@@ -9,7 +9,7 @@
     │   └── HandlerTimeoutError          the handler ran past timeout_seconds
     ├── StoreError            retriable  the checkpoint store could not be reached / written
     │   └── StoreSchemaError             the schema is missing or newer than this release
-    ├── ShutdownRequested                stop was requested while work waited (not a failure)
+    ├── LeaseLostError                   this worker no longer holds the shard's lease
     └── SourceError           retriable  a stream API call failed (generic)
         ├── ThrottledError    retriable  LimitExceededException, throttling, HTTP 5xx
         ├── ExpiredIteratorError         the shard iterator is older than 15 minutes
@@ -31,9 +31,9 @@ __all__ = [
     "HandlerError",
     "HandlerImportError",
     "HandlerTimeoutError",
+    "LeaseLostError",
     "ShardNotFoundError",
     "ShardwiseError",
-    "ShutdownRequested",
     "SourceError",
     "StoreError",
     "StoreSchemaError",
@@ -84,10 +84,6 @@ class StoreSchemaError(StoreError):
     retriable = False
 
 
-class ShutdownRequested(ShardwiseError):
-    """Stop was requested while work was waiting to be retried."""
-
-
 class SourceError(ShardwiseError):
     """A stream API call failed."""
 
@@ -124,6 +120,18 @@ class StreamNotFoundError(SourceError):
     """The stream does not exist, is disabled, or the table has no stream."""
 
     retriable = False
+
+
+class LeaseLostError(ShardwiseError):
+    """This worker no longer holds the shard's lease: stop processing, write nothing more.
+
+    Raised by fenced checkpoint writes when the lease was taken over, released, or not renewed
+    in time. Not retriable: another worker owns the shard now (or will soon).
+    """
+
+    def __init__(self, message: str, *, shard_id: str) -> None:
+        self.shard_id = shard_id
+        super().__init__(message)
 
 
 def first_error(exc: BaseException) -> BaseException:

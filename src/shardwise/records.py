@@ -22,7 +22,6 @@ __all__ = [
     "ShardListing",
     "StartingPosition",
     "StreamRecord",
-    "seq_key",
 ]
 
 ShardId = NewType("ShardId", str)
@@ -31,11 +30,6 @@ SequenceNumber = NewType("SequenceNumber", str)
 # A record in Lambda's event shape: eventID, eventName, eventVersion, eventSource,
 # awsRegion, eventSourceARN, dynamodb{...}, userIdentity (TTL deletes only).
 StreamRecord: TypeAlias = dict[str, Any]
-
-
-def seq_key(sequence_number: str) -> int:
-    """Order sequence numbers: they are decimal strings of varying length."""
-    return int(sequence_number)
 
 
 class StartingPosition(enum.StrEnum):

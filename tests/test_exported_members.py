@@ -1,0 +1,72 @@
+"""The public API, pinned: a change here is a change users see."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+PUBLIC = {
+    "shardwise": ["__version__"],
+    "shardwise.testing": ["ScriptedStream", "StreamsServer"],
+    "shardwise.records": [
+        "Batch",
+        "Position",
+        "RecordPage",
+        "SequenceNumber",
+        "Shard",
+        "ShardId",
+        "ShardListing",
+        "StartingPosition",
+        "StreamRecord",
+    ],
+    "shardwise.processors": [
+        "ClassProcessor",
+        "FunctionProcessor",
+        "LambdaContext",
+        "Processor",
+        "build_processor",
+        "import_handler",
+    ],
+    "shardwise.store": [
+        "CheckpointStore",
+        "ShardCheckpoint",
+        "ShardRegistration",
+        "current_revision",
+        "head_revision",
+        "redact_url",
+        "upgrade",
+    ],
+    "shardwise.destinations": [
+        "Destination",
+        "DestinationError",
+        "FailedBatch",
+        "FailureCondition",
+        "FileDestination",
+        "S3Destination",
+        "SnsDestination",
+        "SqlDestination",
+        "SqsDestination",
+        "esm_uuid",
+        "open_destination",
+        "target_kind",
+    ],
+}
+
+
+class TestExportedMembers:
+    """Each public module exports exactly its sorted __all__, and every name exists."""
+
+    @pytest.mark.parametrize("module_name", sorted(PUBLIC))
+    def test_all_is_pinned(self, module_name: str) -> None:
+        module = importlib.import_module(module_name)
+        assert list(module.__all__) == PUBLIC[module_name]
+        for name in module.__all__:
+            assert hasattr(module, name), f"{module_name}.{name}"
+
+    def test_every_error_derives_from_shardwise_error(self) -> None:
+        errors = importlib.import_module("shardwise.errors")
+        for name in errors.__all__:
+            value = getattr(errors, name)
+            if isinstance(value, type):
+                assert issubclass(value, errors.ShardwiseError), name
