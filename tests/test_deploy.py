@@ -207,11 +207,12 @@ class TestKubernetes:
     """The manifests agree with each other and with the config they run."""
 
     def test_deployment(self) -> None:
-        """One replica, Recreate, drain-aware grace period, probes, hardening, resources."""
+        """Replicas with rolling updates, drain-aware grace period, probes, hardening, resources."""
         deployment = kube("deployment.yaml")
         settings = sample_settings()
         spec, pod = deployment["spec"], deployment["spec"]["template"]["spec"]
-        assert (spec["replicas"], spec["strategy"]["type"]) == (1, "Recreate")
+        assert (spec["replicas"], spec["strategy"]["type"]) == (2, "RollingUpdate")
+        assert spec["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
         assert pod["terminationGracePeriodSeconds"] >= settings.worker.shutdown_timeout_seconds + 10
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] != 0
@@ -306,7 +307,11 @@ class TestHelmChart:
         values = helm_values()
         pod = kube("deployment.yaml")["spec"]["template"]["spec"]
         assert values["terminationGracePeriodSeconds"] == pod["terminationGracePeriodSeconds"]
-        assert values["replicaCount"] == 1 and values["strategy"] == {"type": "Recreate"}
+        assert values["replicaCount"] == 2
+        assert values["strategy"] == {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+        }
         assert values["podSecurityContext"] == pod["securityContext"]
         assert values["securityContext"] == pod["containers"][0]["securityContext"]
         role = kube("serviceaccount.yaml")["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
@@ -356,8 +361,8 @@ class TestEcs:
     def test_service_never_runs_two_workers(self) -> None:
         """Without leases a deployment must stop the old task before starting the new one."""
         service = json.loads((DEPLOY / "ecs" / "service.json").read_text())
-        assert service["desiredCount"] == 1
-        assert service["deploymentConfiguration"]["maximumPercent"] == 100
+        assert service["desiredCount"] == 2
+        assert service["deploymentConfiguration"]["maximumPercent"] == 200
 
 
 class TestIamPolicyFile:

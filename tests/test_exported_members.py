@@ -37,6 +37,13 @@ PUBLIC = {
         "redact_url",
         "upgrade",
     ],
+    "shardwise.leases": [
+        "FencedCheckpointer",
+        "Lease",
+        "LeaseCoordinator",
+        "LossReason",
+        "collected_ancestors",
+    ],
     "shardwise.destinations": [
         "Destination",
         "DestinationError",

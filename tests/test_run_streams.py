@@ -9,6 +9,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from shardwise.errors import StreamNotFoundError, TrimmedDataError
+from shardwise.records import ShardId
 from shardwise.store import CheckpointStore, ShardCheckpoint
 from shardwise.supervisor import Supervisor
 from shardwise.testing import ScriptedStream, StreamsServer
@@ -391,7 +392,8 @@ class TestFilterCriteria:
                 lambda: supervisor.progress["p"].records_filtered == 3, what="3 filtered"
             )
             await wait_until(
-                lambda: supervisor.progress["p"].shards[shard].pending == 0, what="consumed"
+                lambda: supervisor.progress["p"].shards[ShardId(shard)].pending == 0,
+                what="consumed",
             )
         keys = [r["dynamodb"]["Keys"]["Id"]["S"] for r in read_jsonl(out)]
         assert keys == ["k0", "k2", "k4"]

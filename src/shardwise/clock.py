@@ -6,7 +6,7 @@ import asyncio
 import random
 from dataclasses import dataclass
 
-__all__ = ["Backoff", "sleep_or_stop"]
+__all__ = ["Backoff", "sleep_or_stop", "wait_first"]
 
 
 async def sleep_or_stop(stop: asyncio.Event, delay_s: float) -> bool:
@@ -21,6 +21,18 @@ async def sleep_or_stop(stop: asyncio.Event, delay_s: float) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+async def wait_first(*events: asyncio.Event) -> None:
+    """Return as soon as any of ``events`` is set."""
+    if any(event.is_set() for event in events):
+        return
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
 """Start and stop everything: store, AWS clients, one runner per processor, signals, drain.
 
 Ownership of tasks is strict: the supervisor's TaskGroup owns one ``ProcessorRunner`` per
-enabled processor; each runner's TaskGroup owns one ``ShardConsumer`` per shard it reads.
+enabled processor (``runner.py``); each runner's TaskGroup owns its lease coordinator and one
+``ShardConsumer`` per shard it holds the lease of.
 
 Shutdown (SIGTERM / SIGINT, or ``request_stop()``): the stop event is set, consumers stop
 polling and let their in-flight batch finish and checkpoint; after
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -22,35 +22,19 @@ import structlog
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 
-from shardwise.clock import API_BACKOFF, sleep_or_stop
-from shardwise.config import ProcessorConfig, Settings
-from shardwise.destinations import Destination, open_destination
-from shardwise.dispatch.consumer import ConsumerSettings, ShardConsumer, ShardOutcome
-from shardwise.dispatch.delivery import FailurePolicy
-from shardwise.dispatch.filters import RecordFilter, compile_filters
-from shardwise.errors import ShardwiseError, SourceError, StreamNotFoundError, first_error
+from shardwise.config import Settings
+from shardwise.destinations import open_destination
+from shardwise.errors import ShardwiseError, first_error
+from shardwise.leases import LeaseCoordinator
 from shardwise.observe.progress import ProcessorProgress
-from shardwise.processors import Processor, build_processor, import_handler
-from shardwise.records import (
-    Position,
-    SequenceNumber,
-    Shard,
-    ShardId,
-    ShardListing,
-    StartingPosition,
-)
-from shardwise.sources.base import ShardSource
+from shardwise.processors import build_processor, import_handler
+from shardwise.runner import ProcessorRunner
 from shardwise.sources.dynamodb import DynamoDBStreamsSource, resolve_stream_arn
-from shardwise.sources.lineage import ready_shards
-from shardwise.store import CheckpointStore, ShardCheckpoint, ShardRegistration
+from shardwise.store import CheckpointStore
 
-__all__ = ["ProcessorRunner", "Supervisor", "aws_client_config"]
+__all__ = ["Supervisor", "aws_client_config", "search_paths"]
 
 log = structlog.get_logger("shardwise.supervisor")
-
-# A finished shard wakes the runner so its children start at once; listings triggered that
-# way are spaced at least this far apart (DescribeStream allows 10 calls/s per account).
-MIN_RELIST_INTERVAL_S = 1.0
 
 
 def aws_client_config(max_connections: int = 64) -> AioConfig:
@@ -61,205 +45,6 @@ def aws_client_config(max_connections: int = 64) -> AioConfig:
         read_timeout=20,
         max_pool_connections=max_connections,
     )
-
-
-class _StoreCheckpointer:
-    """Binds the store to one processor and stream for a ShardConsumer."""
-
-    def __init__(self, store: CheckpointStore, processor: str, stream_arn: str) -> None:
-        self._store = store
-        self._processor = processor
-        self._stream_arn = stream_arn
-
-    async def save(self, shard_id: ShardId, sequence_number: SequenceNumber) -> None:
-        await self._store.save(self._processor, self._stream_arn, shard_id, sequence_number)
-
-    async def finish(self, shard_id: ShardId, sequence_number: SequenceNumber | None) -> None:
-        await self._store.finish(self._processor, self._stream_arn, shard_id, sequence_number)
-
-
-def plan_registrations(
-    new_shards: Sequence[Shard], starting_position: StartingPosition, *, first_time: bool
-) -> list[ShardRegistration]:
-    """Where newly listed shards start.
-
-    The processor's ``starting_position`` applies only the first time it meets a stream:
-    with LATEST, closed shards then hold only past records and are marked finished, open ones
-    start at LATEST. Every shard that appears later (splits, rollovers) starts at
-    TRIM_HORIZON, so nothing written to it is skipped.
-    """
-    latest = first_time and starting_position is StartingPosition.LATEST
-    return [
-        ShardRegistration(
-            shard_id=shard.shard_id,
-            parent_shard_id=shard.parent_shard_id,
-            start_position=StartingPosition.LATEST if latest else StartingPosition.TRIM_HORIZON,
-            finished=latest and shard.closed,
-        )
-        for shard in new_shards
-    ]
-
-
-def start_position(checkpoint: ShardCheckpoint) -> Position:
-    if checkpoint.sequence_number is not None:
-        return Position.after_sequence(checkpoint.sequence_number)
-    return Position(start=checkpoint.start_position)
-
-
-class ProcessorRunner:
-    """One processor on one stream: lists shards, starts consumers parent-first."""
-
-    def __init__(
-        self,
-        config: ProcessorConfig,
-        *,
-        source: ShardSource,
-        processor: Processor,
-        store: CheckpointStore,
-        stop: asyncio.Event,
-        progress: ProcessorProgress,
-        sync_interval_s: float,
-        destination: Destination | None = None,
-    ) -> None:
-        self.config = config
-        self._destination = destination
-        self._source = source
-        self._processor = processor
-        self._store = store
-        self._stop = stop
-        self._progress = progress
-        self._sync_interval_s = sync_interval_s
-        self._checkpointer = _StoreCheckpointer(store, config.name, source.stream_arn)
-        self._consumer_settings = ConsumerSettings(
-            batch_size=config.batch_size,
-            window_s=config.maximum_batching_window_in_seconds,
-            on_trimmed_data=config.on_trimmed_data,
-            max_poll_interval_s=config.max_poll_interval_seconds,
-            record_filter=self._record_filter(config),
-            policy=FailurePolicy(
-                maximum_retry_attempts=config.maximum_retry_attempts,
-                bisect_batch_on_function_error=config.bisect_batch_on_function_error,
-                report_batch_item_failures=config.reports_batch_item_failures,
-                maximum_record_age_s=config.maximum_record_age_in_seconds,
-                payload_limit_bytes=config.payload_limit_bytes,
-            ),
-        )
-        self._running: dict[ShardId, asyncio.Task[ShardOutcome]] = {}
-        self._wake = asyncio.Event()
-
-    @staticmethod
-    def _record_filter(config: ProcessorConfig) -> RecordFilter | None:
-        if config.filter_criteria is None:
-            return None
-        record_filter = compile_filters([f.pattern for f in config.filter_criteria.filters])
-        for note in record_filter.notes:
-            log.warning(
-                "filter pattern may not match what it means to",
-                processor=config.name,
-                filter_index=note.filter_index,
-                position=note.position,
-                note=note.message,
-            )
-        return record_filter
-
-    async def run(self) -> None:
-        structlog.contextvars.bind_contextvars(processor=self.config.name)
-        log.info("processor starting", stream_arn=self._source.stream_arn)
-        await self._processor.start()
-        try:
-            async with asyncio.TaskGroup() as tasks:
-                await self._coordinate(tasks)
-        finally:
-            await self._processor.stop()
-            log.info("processor stopped")
-
-    async def _coordinate(self, tasks: asyncio.TaskGroup) -> None:
-        first = True
-        while not self._stop.is_set():
-            listing = await self._describe()
-            if listing is None:
-                return
-            if not listing.enabled:
-                if first:
-                    raise StreamNotFoundError(
-                        f"processor {self.config.name}: stream {self._source.stream_arn} is "
-                        f"{listing.status}; enable the table's stream or point the processor "
-                        "at its LatestStreamArn"
-                    )
-                log.warning("stream was disabled; reading what remains", status=listing.status)
-            first = False
-            checkpoints = await self._register(listing)
-            finished = {sid for sid, c in checkpoints.items() if c.finished}
-            self._running = {s: t for s, t in self._running.items() if not t.done()}
-            for shard in ready_shards(listing.shards, finished):
-                if shard.shard_id not in self._running:
-                    start = start_position(checkpoints[shard.shard_id])
-                    self._running[shard.shard_id] = tasks.create_task(
-                        self._consume(shard.shard_id, start)
-                    )
-            await self._wait_for_next_sync()
-
-    async def _wait_for_next_sync(self) -> None:
-        try:
-            async with asyncio.timeout(self._sync_interval_s):
-                await self._first_of(self._wake.wait(), self._stop.wait())
-        except TimeoutError:
-            return
-        self._wake.clear()
-        await sleep_or_stop(self._stop, MIN_RELIST_INTERVAL_S)
-
-    @staticmethod
-    async def _first_of(*waits: Any) -> None:
-        pending = [asyncio.ensure_future(w) for w in waits]
-        try:
-            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in pending:
-                task.cancel()
-
-    async def _describe(self) -> ShardListing | None:
-        """List the stream, retrying API errors; None when stopping meanwhile."""
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return await self._source.describe()
-            except StreamNotFoundError:
-                raise
-            except SourceError as exc:
-                log.warning("listing shards failed; backing off", code=exc.code, error=str(exc))
-                if await sleep_or_stop(self._stop, API_BACKOFF.delay(attempt)):
-                    return None
-
-    async def _register(self, listing: ShardListing) -> dict[ShardId, ShardCheckpoint]:
-        name, arn = self.config.name, self._source.stream_arn
-        checkpoints = await self._store.load(name, arn)
-        new = [s for s in listing.shards if s.shard_id not in checkpoints]
-        if not new:
-            return checkpoints
-        plan = plan_registrations(new, self.config.starting_position, first_time=not checkpoints)
-        inserted = await self._store.register_shards(name, arn, plan)
-        log.info("shards discovered", new=inserted, listed=len(listing.shards))
-        return await self._store.load(name, arn)
-
-    async def _consume(self, shard_id: ShardId, start: Position) -> ShardOutcome:
-        consumer = ShardConsumer(
-            source=self._source,
-            shard_id=shard_id,
-            start=start,
-            processor=self._processor,
-            checkpointer=self._checkpointer,
-            settings=self._consumer_settings,
-            stop=self._stop,
-            progress=self._progress,
-            destination=self._destination,
-        )
-        outcome = await consumer.run()
-        if outcome is ShardOutcome.FINISHED:
-            self._wake.set()
-        elif outcome is ShardOutcome.GONE:
-            self._progress.gone(shard_id)
-        return outcome
 
 
 class Supervisor:
@@ -376,12 +161,22 @@ class Supervisor:
                     processor=config.name,
                 )
                 stack.push_async_callback(destination.close)
+            worker = self.settings.worker
+            leases = LeaseCoordinator(
+                store,
+                processor=config.name,
+                stream_arn=arn,
+                worker_id=worker.id,
+                lease_duration_s=worker.lease_duration_seconds,
+                max_leases=worker.max_leases_per_worker,
+            )
             runners.append(
                 ProcessorRunner(
                     config,
                     source=DynamoDBStreamsSource(streams, arn),
                     processor=processor,
                     store=store,
+                    leases=leases,
                     stop=self.stop_event,
                     progress=progress,
                     sync_interval_s=self.settings.worker.shard_sync_interval_seconds,

@@ -10,8 +10,8 @@ Source errors are handled here, per shard:
 * ``ExpiredIteratorError``: reopen after the last record read (nothing re-delivered).
 * ``TrimmedDataError``: per ``on_trimmed_data`` - ``trim_horizon`` logs an error naming the
   shard and the gap, counts it and resumes at TRIM_HORIZON; ``stop`` raises.
-* ``ShardNotFoundError``: the shard aged out of the stream; logged and counted, and left to
-  the lineage rules (a parent that is no longer listed counts as done).
+* ``ShardNotFoundError``: the shard aged out of the stream; logged and counted, and the
+  runner marks it finished so its children can start.
 * throttling, 5xx, transport errors: retried with jittered exponential backoff.
 """
 

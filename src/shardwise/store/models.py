@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Final
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -22,11 +23,12 @@ from sqlalchemy import (
     Table,
     Text,
     false,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["UTCDateTime", "checkpoints", "failures", "metadata"]
+__all__ = ["UTCDateTime", "checkpoints", "failures", "leaders", "metadata", "workers"]
 
 # Constraint names are part of the schema: later migrations refer to them by name.
 NAMING_CONVENTION: Final = {
@@ -80,6 +82,13 @@ checkpoints = Table(
     Column("finished", Boolean(), nullable=False, server_default=false()),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
+    # The shard's lease (migration 0003): owner is a worker id, or NULL when the lease is free;
+    # lease_counter is the fencing token, incremented by every take, renew and release;
+    # handoff_to names a worker that asked the owner to hand the lease over.
+    Column("owner", String(200), nullable=True),
+    Column("lease_counter", BigInteger(), nullable=False, server_default=text("0")),
+    Column("owner_since", UTCDateTime(), nullable=True),
+    Column("handoff_to", String(200), nullable=True),
     PrimaryKeyConstraint("processor", "stream_arn", "shard_id"),
 )
 
@@ -102,4 +111,31 @@ failures = Table(
     Column("replayed_at", UTCDateTime(), nullable=True),
     PrimaryKeyConstraint("id"),
     Index("ix_shardwise_failures_processor_failed_at", "processor", "failed_at"),
+)
+
+# One row per worker taking part in a processor's stream; ``heartbeat`` is incremented on every
+# renewal round, and a worker is live while other workers see it change. The timestamps are
+# for display only: no decision is ever made by comparing clocks.
+workers = Table(
+    "shardwise_workers",
+    metadata,
+    Column("processor", String(200), nullable=False),
+    Column("stream_arn", String(1024), nullable=False),
+    Column("worker_id", String(200), nullable=False),
+    Column("heartbeat", BigInteger(), nullable=False, server_default=text("0")),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    PrimaryKeyConstraint("processor", "stream_arn", "worker_id"),
+)
+
+# One row per processor and stream: the lease of the worker that lists and registers shards.
+leaders = Table(
+    "shardwise_leaders",
+    metadata,
+    Column("processor", String(200), nullable=False),
+    Column("stream_arn", String(1024), nullable=False),
+    Column("owner", String(200), nullable=True),
+    Column("lease_counter", BigInteger(), nullable=False, server_default=text("0")),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    PrimaryKeyConstraint("processor", "stream_arn"),
 )

@@ -1,0 +1,149 @@
+"""A lease this worker holds, and the fenced checkpoints written through it.
+
+A ``Lease`` is what the runner sees of one shard it may process: where the checkpoint stood
+when it was taken (``position``) and a ``lost`` event to stop on. The coordinator renews it
+and moves its deadline; ``FencedCheckpointer`` writes the shard's checkpoint only while the
+lease is still this worker's, both here (deadline, state) and in the store (owner and
+counter), and raises ``LeaseLostError`` otherwise. ``to_completion`` runs a release to its
+end even when the caller is cancelled meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from shardwise.errors import LeaseLostError
+from shardwise.leases.table import LeaseTable
+from shardwise.records import Position, SequenceNumber, ShardId
+
+__all__ = ["FencedCheckpointer", "LeaderLease", "Lease", "LossReason", "to_completion"]
+
+T = TypeVar("T")
+
+
+class LossReason(enum.Enum):
+    """Why a lease's ``lost`` event was set."""
+
+    TAKEN = "taken"  # another worker changed the lease: checkpoints are refused
+    EXPIRED = "expired"  # not renewed before its deadline: checkpoints are refused
+    HANDOFF = "handoff"  # another worker asked for it: checkpoints work until release()
+    RELEASED = "released"  # this worker gave it up
+
+
+class Lease:
+    """A shard this worker holds. ``lost`` is set when it must stop processing the shard."""
+
+    def __init__(
+        self, shard_id: ShardId, counter: int, position: Position, deadline: float
+    ) -> None:
+        self.shard_id = shard_id
+        self.position = position  # where the checkpoint stood when the lease was taken
+        self.lost = asyncio.Event()
+        self.reason: LossReason | None = None
+        self.finished = False
+        self.counter = counter  # the fencing token; moved by the coordinator's renewals
+        self.deadline = deadline  # on the coordinator's clock: act on the lease only before
+        self.lock = asyncio.Lock()  # a renewal and a checkpoint never use the counter at once
+
+    def writable(self, now: float) -> bool:
+        """Whether a checkpoint may be written through this lease at ``now``."""
+        held = self.reason is None or self.reason is LossReason.HANDOFF
+        return held and not self.finished and now < self.deadline
+
+    def lose(self, reason: LossReason) -> None:
+        """Set ``lost``; the first reason sticks (a hand-off may still turn into another)."""
+        if self.reason is None or self.reason is LossReason.HANDOFF:
+            self.reason = reason
+        self.lost.set()
+
+    def __repr__(self) -> str:
+        state = "finished" if self.finished else self.reason.value if self.reason else "held"
+        return f"<Lease {self.shard_id} counter={self.counter} {state}>"
+
+
+@dataclass(slots=True)
+class LeaderLease:
+    """The shard-sync leader lease, while this worker holds it."""
+
+    counter: int
+    deadline: float
+
+
+class FencedCheckpointer:
+    """A ``Checkpointer`` for one lease's consumer: writes need the lease, else they raise
+    ``LeaseLostError``. ``gone`` tells the coordinator the lease is no longer held."""
+
+    def __init__(
+        self,
+        table: LeaseTable,
+        lease: Lease,
+        *,
+        clock: Callable[[], float],
+        gone: Callable[[Lease], None],
+    ) -> None:
+        self._table = table
+        self._lease = lease
+        self._clock = clock
+        self._gone = gone
+
+    async def save(self, shard_id: ShardId, sequence_number: SequenceNumber) -> None:
+        lease = self._require(shard_id, "checkpoint")
+        async with lease.lock:
+            self._check(lease, "checkpoint")
+            try:
+                await self._table.save(shard_id, lease.counter, sequence_number)
+            except LeaseLostError:
+                self._lose(lease, LossReason.TAKEN)
+                raise
+
+    async def finish(self, shard_id: ShardId, sequence_number: SequenceNumber | None) -> None:
+        lease = self._require(shard_id, "finish")
+        async with lease.lock:
+            self._check(lease, "finish")
+            try:
+                await self._table.finish(shard_id, lease.counter, sequence_number)
+            except LeaseLostError:
+                self._lose(lease, LossReason.TAKEN)
+                raise
+            lease.finished = True
+            self._gone(lease)
+
+    def _require(self, shard_id: ShardId, operation: str) -> Lease:
+        if shard_id != self._lease.shard_id:
+            raise ValueError(f"{operation} for shard {shard_id} through {self._lease!r}")
+        return self._lease
+
+    def _check(self, lease: Lease, operation: str) -> None:
+        if lease.writable(self._clock()):
+            return
+        if lease.reason is None and not lease.finished:
+            self._lose(lease, LossReason.EXPIRED)  # the watchdog has not fired yet
+        raise LeaseLostError(
+            f"{operation} refused: {lease!r} is no longer held by this worker",
+            shard_id=lease.shard_id,
+        )
+
+    def _lose(self, lease: Lease, reason: LossReason) -> None:
+        lease.lose(reason)
+        self._gone(lease)
+
+
+async def to_completion(work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work`` to the end even if the caller is cancelled meanwhile; the cancellation is
+    re-raised once it is done (and its result is lost to the caller)."""
+    task = asyncio.ensure_future(work)
+    interrupted: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError as exc:
+            if task.done():
+                raise
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted
+    return task.result()
