@@ -345,3 +345,33 @@ class TestFilterAndImportCommands:
         assert "batch_size: 50" in result.stdout
         assert "maximum_retry_attempts: 2" in result.stdout
         assert "handler: app.orders:handler" in result.stdout
+
+
+class TestSighup:
+    """SIGHUP to `shardwise run` applies the config file's processors again."""
+
+    def test_sighup_adds_a_processor(self, tmp_path: Path, server: StreamsServer) -> None:
+        stream = server.create_stream("Orders")
+        [shard] = stream.shard_ids
+        stream.put_many(shard, 5)
+        handler, out = recording_handler(tmp_path, "first.jsonl")
+        second, second_out = recording_handler(tmp_path, "second.jsonl")
+        store = f"sqlite+aiosqlite:///{tmp_path / 'cp.db'}"
+        text = config_text(server.endpoint_url, store, handler, stream.arn)
+        config = write_config(tmp_path, text)
+        daemon = _start(config, cwd=tmp_path)
+        try:
+            _wait_for(lambda: len(read_jsonl(out)) >= 5, daemon)
+            added = textwrap.dedent(text) + (
+                "  - name: second\n"
+                f'    source: {{dynamodb: {{stream_arn: "{stream.arn}"}}}}\n'
+                f"    handler: {second}\n"
+                "    starting_position: TRIM_HORIZON\n"
+            )
+            config.write_text(added)
+            daemon.send_signal(signal.SIGHUP)
+            _wait_for(lambda: len(read_jsonl(second_out)) >= 5, daemon)
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(timeout=30) == 0
+        assert len(read_jsonl(out)) == 5

@@ -106,16 +106,16 @@ def _load(path: Path) -> Settings:
 def _cmd_run(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     configure_logging(settings.log.level, settings.log.format)
-    asyncio.run(serve(settings))
+    asyncio.run(serve(settings, config_path=args.config))
     return EXIT_OK
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, *, config_path: Path | None = None) -> None:
     """The daemon: the supervisor, with /metrics, /healthz and /readyz on ``http.bind``."""
     from shardwise.observe.health import ObserveServer
     from shardwise.supervisor import Supervisor
 
-    supervisor = Supervisor(settings)
+    supervisor = Supervisor(settings, config_path=config_path)
     async with ObserveServer(
         settings,
         supervisor.progress,

@@ -6,7 +6,7 @@ import asyncio
 import random
 from dataclasses import dataclass
 
-__all__ = ["Backoff", "sleep_or_stop", "wait_first"]
+__all__ = ["Backoff", "relay_first", "sleep_or_stop", "wait_first"]
 
 
 async def sleep_or_stop(stop: asyncio.Event, delay_s: float) -> bool:
@@ -33,6 +33,12 @@ async def wait_first(*events: asyncio.Event) -> None:
     finally:
         for waiter in waiters:
             waiter.cancel()
+
+
+async def relay_first(target: asyncio.Event, *sources: asyncio.Event) -> None:
+    """Set ``target`` as soon as any of ``sources`` is set."""
+    await wait_first(*sources)
+    target.set()
 
 
 @dataclass(frozen=True, slots=True)

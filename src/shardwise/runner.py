@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import structlog
 
-from shardwise.clock import API_BACKOFF, sleep_or_stop, wait_first
+from shardwise.clock import API_BACKOFF, relay_first, sleep_or_stop, wait_first
 from shardwise.config import ProcessorConfig
 from shardwise.destinations import Destination
 from shardwise.dispatch.consumer import ConsumerSettings, ShardConsumer, ShardOutcome
@@ -242,7 +242,7 @@ class ProcessorRunner:
         outcome = ShardOutcome.STOPPED
         try:
             async with asyncio.TaskGroup() as tasks:
-                relay = tasks.create_task(_set_on_first(stop, self._stop, lease.lost))
+                relay = tasks.create_task(relay_first(stop, self._stop, lease.lost))
                 try:
                     outcome = await consumer.run()
                 except LeaseLostError as exc:
@@ -260,9 +260,3 @@ class ProcessorRunner:
             self._wake.set()
         elif not self._stop.is_set():
             self._progress.gone(shard_id)  # another worker has it now, or it left the stream
-
-
-async def _set_on_first(target: asyncio.Event, *sources: asyncio.Event) -> None:
-    """Set ``target`` as soon as any of ``sources`` is set."""
-    await wait_first(*sources)
-    target.set()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,10 @@ import structlog
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 
-from shardwise.config import Settings
+from shardwise.clock import relay_first
+from shardwise.config import ProcessorConfig, Settings, load_config
 from shardwise.destinations import open_destination
-from shardwise.errors import ShardwiseError, first_error
+from shardwise.errors import ConfigError, HandlerImportError, ShardwiseError, first_error
 from shardwise.leases import LeaseCoordinator
 from shardwise.observe.progress import ProcessorProgress
 from shardwise.processors import build_processor, import_handler
@@ -47,19 +49,60 @@ def aws_client_config(max_connections: int = 64) -> AioConfig:
     )
 
 
-class Supervisor:
-    """Runs every enabled processor of a ``Settings`` until stopped."""
+@dataclass(slots=True)
+class _Running:
+    """A processor's runner task, its own stop event and what it opened."""
 
-    def __init__(self, settings: Settings) -> None:
+    config: ProcessorConfig
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+
+@dataclass(slots=True)
+class _Connections:
+    """What every processor shares: the store and the AWS clients."""
+
+    store: CheckpointStore
+    streams: Any
+    session: AioSession
+    client_kwargs: dict[str, Any]
+    stack: AsyncExitStack
+    tables: Any = None
+
+    async def stream_arn(self, config: ProcessorConfig) -> str:
+        source = config.source.dynamodb
+        if source.stream_arn:
+            return source.stream_arn
+        if self.tables is None:
+            self.tables = await self.stack.enter_async_context(
+                self.session.create_client("dynamodb", **self.client_kwargs)
+            )
+        return await resolve_stream_arn(self.tables, str(source.table))
+
+
+class Supervisor:
+    """Runs every enabled processor of a ``Settings`` until stopped.
+
+    SIGHUP (or ``request_reload()``) reads ``config_path`` again and applies its processors:
+    removed and changed ones drain and stop, added and changed ones start; the others keep
+    running untouched. Changes outside ``processors`` need a restart and are only logged.
+    """
+
+    def __init__(self, settings: Settings, *, config_path: Path | None = None) -> None:
         self.settings = settings
+        self.config_path = config_path
         self.stop_event = asyncio.Event()
         self.started = asyncio.Event()
         self.progress: dict[str, ProcessorProgress] = {
             p.name: ProcessorProgress(p.name) for p in settings.processors if p.enabled
         }
         self.store: CheckpointStore | None = None  # set while connected (for /readyz)
+        self.failed: dict[str, str] = {}  # processors that failed after a reload started them
         self._signals = 0
-        self._runner_tasks: list[asyncio.Task[None]] = []
+        self._running: dict[str, _Running] = {}
+        self._tasks: asyncio.TaskGroup | None = None
+        self._connections: _Connections | None = None
+        self._reloading = asyncio.Lock()
 
     def request_stop(self) -> None:
         """Begin a graceful drain; a second request cancels what is still running."""
@@ -72,19 +115,40 @@ class Supervisor:
             self.stop_event.set()
         else:
             log.warning("second stop request; cancelling in-flight work")
-            for task in self._runner_tasks:
-                task.cancel()
+            for running in self._running.values():
+                running.task.cancel()
+
+    def request_reload(self) -> None:
+        """Apply the config file's processors again (SIGHUP)."""
+        if self._tasks is None or self.stop_event.is_set():
+            return
+        if self.config_path is None:
+            log.warning("reload requested, but no config file is known; ignored")
+            return
+        self._tasks.create_task(self.reload())
 
     async def run(self, *, install_signal_handlers: bool = True) -> None:
         loop = asyncio.get_running_loop()
+        handlers = {
+            signal.SIGTERM: self.request_stop,
+            signal.SIGINT: self.request_stop,
+            signal.SIGHUP: self.request_reload,
+        }
         if install_signal_handlers:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self.request_stop)
+            for sig, handler in handlers.items():
+                loop.add_signal_handler(sig, handler)
         try:
             async with AsyncExitStack() as stack:
-                runners = await self._build(stack)
+                enabled = [p for p in self.settings.processors if p.enabled]
+                targets = self._import(enabled)
+                for p in self.settings.processors:
+                    if not p.enabled:
+                        log.info("processor disabled; its position is kept", processor=p.name)
+                self._connections = await self._connect(stack)
                 async with asyncio.TaskGroup() as tasks:
-                    self._runner_tasks = [tasks.create_task(r.run()) for r in runners]
+                    self._tasks = tasks
+                    for config in enabled:
+                        await self._launch(config, targets[config.name], isolated=False)
                     tasks.create_task(self._drain_deadline())
                     self.started.set()
         except BaseExceptionGroup as group:
@@ -94,34 +158,82 @@ class Supervisor:
                 raise failure from group
             raise
         finally:
+            self._tasks = None
             if install_signal_handlers:
-                for sig in (signal.SIGTERM, signal.SIGINT):
+                for sig in handlers:
                     loop.remove_signal_handler(sig)
         log.info("stopped")
+
+    async def reload(self) -> None:
+        """Read the config file again and apply its processors (see the class docstring)."""
+        assert self.config_path is not None
+        async with self._reloading:
+            try:
+                new = load_config(self.config_path)
+            except ConfigError as exc:
+                log.error("reload failed; keeping the running configuration", problems=exc.problems)
+                return
+            self._warn_about_restart_only_changes(new)
+            old = {p.name: p for p in self.settings.processors if p.enabled}
+            wanted = {p.name: p for p in new.processors if p.enabled}
+            stopping = [name for name in old if wanted.get(name) != old[name]]
+            starting = [name for name in wanted if old.get(name) != wanted[name]]
+            try:
+                targets = self._import([wanted[name] for name in starting])
+            except HandlerImportError as exc:
+                log.error("reload failed; keeping the running configuration", error=str(exc))
+                return
+            for name in stopping:
+                await self._retire(name)
+            self.settings = self.settings.model_copy(update={"processors": new.processors})
+            for name in starting:
+                self.progress[name] = ProcessorProgress(name)
+                self.failed.pop(name, None)
+                await self._launch(wanted[name], targets[name], isolated=True)
+            unchanged = sorted(set(old) & set(wanted) - set(stopping))
+            log.info("configuration reloaded", stopped=stopping, started=starting, kept=unchanged)
+
+    def _warn_about_restart_only_changes(self, new: Settings) -> None:
+        sections = ("aws", "store", "http", "log", "worker", "health")
+        changed = [name for name in sections if getattr(new, name) != getattr(self.settings, name)]
+        if changed:
+            log.warning("these sections change only on restart; not applied", sections=changed)
+
+    def _import(self, configs: list[ProcessorConfig]) -> dict[str, Any]:
+        paths = search_paths(self.settings)
+        return {p.name: import_handler(p.handler, paths) for p in configs}
+
+    async def _retire(self, name: str) -> None:
+        """Drain one processor (bounded by the shutdown timeout) and forget it."""
+        running = self._running.pop(name, None)
+        if running is None:
+            return
+        running.stop.set()
+        _, pending = await asyncio.wait(
+            [running.task], timeout=self.settings.worker.shutdown_timeout_seconds
+        )
+        for task in pending:
+            task.cancel()
+        self.progress.pop(name, None)
+        log.info("processor retired", processor=name)
 
     def _forget_store(self) -> None:
         self.store = None
 
     async def _drain_deadline(self) -> None:
         await self.stop_event.wait()
-        if not self._runner_tasks:
+        tasks = [running.task for running in self._running.values()]
+        if not tasks:
             return
         _, pending = await asyncio.wait(
-            self._runner_tasks, timeout=self.settings.worker.shutdown_timeout_seconds
+            tasks, timeout=self.settings.worker.shutdown_timeout_seconds
         )
         if pending:
             log.warning("drain deadline passed; cancelling in-flight batches", running=len(pending))
             for task in pending:
                 task.cancel()
 
-    async def _build(self, stack: AsyncExitStack) -> list[ProcessorRunner]:
-        """Import every handler first (fail fast), then connect the store and AWS."""
-        enabled = [p for p in self.settings.processors if p.enabled]
-        paths = search_paths(self.settings)
-        targets = {p.name: import_handler(p.handler, paths) for p in enabled}
-        for p in self.settings.processors:
-            if not p.enabled:
-                log.info("processor disabled; its position is kept", processor=p.name)
+    async def _connect(self, stack: AsyncExitStack) -> _Connections:
         store = await CheckpointStore.connect(self.settings.store.url)
         stack.push_async_callback(store.close)
         self.store = store
@@ -136,54 +248,83 @@ class Supervisor:
         streams = await stack.enter_async_context(
             session.create_client("dynamodbstreams", **client_kwargs)
         )
-        tables: Any = None
-        runners: list[ProcessorRunner] = []
-        for config in enabled:
-            source_config = config.source.dynamodb
-            if source_config.stream_arn:
-                arn = source_config.stream_arn
-            else:
-                if tables is None:
-                    tables = await stack.enter_async_context(
-                        session.create_client("dynamodb", **client_kwargs)
-                    )
-                arn = await resolve_stream_arn(tables, str(source_config.table))
-            processor = build_processor(
-                config.name, targets[config.name], stream_arn=arn, timeout_s=config.timeout_seconds
-            )
-            progress = self.progress[config.name]
-            destination = None
-            if config.destination_config is not None:
-                destination = await open_destination(
-                    config.destination_config.on_failure.destination,
-                    settings=self.settings,
-                    store=store,
-                    processor=config.name,
-                )
-                stack.push_async_callback(destination.close)
-            worker = self.settings.worker
-            leases = LeaseCoordinator(
-                store,
+        return _Connections(store, streams, session, client_kwargs, stack)
+
+    async def _launch(self, config: ProcessorConfig, target: Any, *, isolated: bool) -> None:
+        """Start one processor's runner in the supervisor's TaskGroup.
+
+        ``isolated`` (processors started by a reload): a failure is logged and recorded in
+        ``failed`` instead of stopping every other processor.
+        """
+        assert self._tasks is not None and self._connections is not None
+        stop = asyncio.Event()
+        task = self._tasks.create_task(self._run_processor(config, target, stop, isolated))
+        self._running[config.name] = _Running(config, stop, task)
+
+    async def _run_processor(
+        self, config: ProcessorConfig, target: Any, stop: asyncio.Event, isolated: bool
+    ) -> None:
+        try:
+            async with AsyncExitStack() as resources, asyncio.TaskGroup() as tasks:
+                relay = tasks.create_task(relay_first(stop, self.stop_event))
+                try:
+                    runner = await self._runner(config, target, stop, resources)
+                    await runner.run()
+                finally:
+                    relay.cancel()
+        except* ShardwiseError as group:
+            if not isolated:
+                raise
+            failure = first_error(group)
+            self.failed[config.name] = str(failure)
+            log.error(
+                "processor failed; the others keep running",
                 processor=config.name,
-                stream_arn=arn,
-                worker_id=worker.id,
-                lease_duration_s=worker.lease_duration_seconds,
-                max_leases=worker.max_leases_per_worker,
+                error=str(failure),
             )
-            runners.append(
-                ProcessorRunner(
-                    config,
-                    source=DynamoDBStreamsSource(streams, arn),
-                    processor=processor,
-                    store=store,
-                    leases=leases,
-                    stop=self.stop_event,
-                    progress=progress,
-                    sync_interval_s=self.settings.worker.shard_sync_interval_seconds,
-                    destination=destination,
-                )
+
+    async def _runner(
+        self,
+        config: ProcessorConfig,
+        target: Any,
+        stop: asyncio.Event,
+        resources: AsyncExitStack,
+    ) -> ProcessorRunner:
+        connections = self._connections
+        assert connections is not None
+        arn = await connections.stream_arn(config)
+        processor = build_processor(
+            config.name, target, stream_arn=arn, timeout_s=config.timeout_seconds
+        )
+        destination = None
+        if config.destination_config is not None:
+            destination = await open_destination(
+                config.destination_config.on_failure.destination,
+                settings=self.settings,
+                store=connections.store,
+                processor=config.name,
             )
-        return runners
+            resources.push_async_callback(destination.close)
+        worker = self.settings.worker
+        leases = LeaseCoordinator(
+            connections.store,
+            processor=config.name,
+            stream_arn=arn,
+            worker_id=worker.id,
+            lease_duration_s=worker.lease_duration_seconds,
+            max_leases=worker.max_leases_per_worker,
+        )
+        return ProcessorRunner(
+            config,
+            source=DynamoDBStreamsSource(connections.streams, arn),
+            processor=processor,
+            store=connections.store,
+            leases=leases,
+            stop=stop,
+            progress=self.progress[config.name],
+            sync_interval_s=worker.shard_sync_interval_seconds,
+            destination=destination,
+        )
 
 
 def search_paths(settings: Settings) -> list[Path]:
