@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,10 @@ from tests.e2e import read_jsonl, recording_handler, wait_until
 def server() -> Iterator[StreamsServer]:
     with StreamsServer() as streams:
         yield streams
+
+
+def has(path: Path, count: int) -> Callable[[], bool]:
+    return lambda: len(read_jsonl(path)) == count
 
 
 def write_config(path: Path, endpoint: str, store: str, processors: str) -> None:
@@ -71,7 +75,7 @@ class TestReload:
         task = asyncio.create_task(supervisor.run(install_signal_handlers=False))
         try:
             for out in (keep_out, drop_out, change_out):
-                await wait_until(lambda out=out: len(read_jsonl(out)) == 10, what=str(out))
+                await wait_until(has(out, 10), what=str(out))
             keep_task = supervisor._running["keep"].task
             write_config(
                 config,
@@ -86,8 +90,8 @@ class TestReload:
             assert supervisor._running["keep"].task is keep_task  # untouched
             assert supervisor.settings.processors[1].batch_size == 2
             stream.put_many(shard, 4)
-            for out, count in ((keep_out, 14), (change_out, 14), (add_out, 14)):
-                await wait_until(lambda out=out, count=count: len(read_jsonl(out)) == count)
+            for out in (keep_out, change_out, add_out):
+                await wait_until(has(out, 14), what=str(out))
         finally:
             supervisor.request_stop()
             await asyncio.wait_for(task, timeout=30)
