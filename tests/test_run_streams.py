@@ -401,3 +401,90 @@ class TestFilterCriteria:
             [checkpoint] = await store.list("p")
         # The trailing filtered-out REMOVE is consumed too: the checkpoint is past it.
         assert checkpoint.sequence_number == str(shard_seqs(stream, shard)[-1])
+
+
+class TestParallelization:
+    """parallelization_factor: several lanes per shard, order kept per item key."""
+
+    async def test_order_per_key_and_everything_once(
+        self, tmp_path: Path, server: StreamsServer, sqlite_url: str
+    ) -> None:
+        stream = server.create_stream("Orders")
+        [shard] = stream.shard_ids
+        for round_ in range(10):
+            for item in range(12):
+                stream.put(
+                    shard,
+                    "INSERT" if round_ == 0 else "MODIFY",
+                    keys={"Id": {"S": f"item-{item}"}},
+                    new_image={"Id": {"S": f"item-{item}"}, "v": {"N": str(round_)}},
+                )
+        handler, out = recording_handler(tmp_path)
+        settings = settings_for(
+            tmp_path,
+            endpoint_url=server.endpoint_url,
+            store_url=sqlite_url,
+            processors=processor_yaml(
+                handler, stream.arn, extra="parallelization_factor: 4\n      batch_size: 5"
+            ),
+        )
+        async with running(settings):
+            await wait_until(lambda: len(read_jsonl(out)) >= 120, what="120 records")
+        records = read_jsonl(out)
+        assert sorted(seqs(out)) == shard_seqs(stream, shard)
+        versions: dict[str, list[int]] = {}
+        for record in records:
+            item = record["dynamodb"]["Keys"]["Id"]["S"]
+            versions.setdefault(item, []).append(int(record["dynamodb"]["NewImage"]["v"]["N"]))
+        assert all(v == list(range(10)) for v in versions.values())
+        async with await CheckpointStore.connect(sqlite_url) as store:
+            [checkpoint] = await store.list("p")
+        assert checkpoint.sequence_number == str(shard_seqs(stream, shard)[-1])
+
+    async def test_a_failing_lane_holds_the_checkpoint(
+        self, tmp_path: Path, server: StreamsServer, sqlite_url: str
+    ) -> None:
+        stream = server.create_stream("Orders")
+        [shard] = stream.shard_ids
+        poison_seq = None
+        for i in range(30):
+            key = "poison" if i == 5 else f"item-{i}"
+            seq = stream.put(shard, "INSERT", keys={"Id": {"S": key}}, new_image={"Id": {"S": key}})
+            if key == "poison":
+                poison_seq = int(seq)
+        write_module(
+            tmp_path,
+            "lane_poison",
+            """
+            import json, os
+            HERE = os.path.dirname(__file__)
+
+            def handler(event, context):
+                keys = [r["dynamodb"]["Keys"]["Id"]["S"] for r in event["Records"]]
+                if "poison" in keys:
+                    raise RuntimeError("poison")
+                with open(os.path.join(HERE, "lanes.jsonl"), "a") as f:
+                    for r in event["Records"]:
+                        f.write(json.dumps(r) + "\\n")
+            """,
+        )
+        out = tmp_path / "lanes.jsonl"
+        settings = settings_for(
+            tmp_path,
+            endpoint_url=server.endpoint_url,
+            store_url=sqlite_url,
+            processors=processor_yaml(
+                "lane_poison:handler",
+                stream.arn,
+                extra="parallelization_factor: 3\n      batch_size: 1",
+            ),
+        )
+        async with running(settings):
+            # Every item outside the poison record's lane gets through ...
+            await wait_until(lambda: len(read_jsonl(out)) >= 15, what="the other lanes")
+        assert poison_seq is not None
+        async with await CheckpointStore.connect(sqlite_url) as store:
+            [checkpoint] = await store.list("p")
+        # ... but the checkpoint never passes the record still being retried.
+        assert checkpoint.sequence_number is not None
+        assert int(checkpoint.sequence_number) < poison_seq

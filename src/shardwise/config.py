@@ -338,6 +338,8 @@ class ProcessorConfig(_Model):
     """MaximumRecordAgeInSeconds: older records skip the handler and go to the destination."""
     destination_config: DestinationConfig | None = None
     """DestinationConfig.OnFailure: where exhausted or too-old records are sent."""
+    parallelization_factor: Int = Field(default=1, ge=1, le=10)
+    """ParallelizationFactor: batches of one shard in flight at once (one item stays in order)."""
     payload_limit_bytes: Int = Field(default=6 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
     """Largest event JSON per invocation (Lambda: 6 MB); a bigger record goes to the destination."""
     filter_criteria: FilterCriteriaConfig | None = None

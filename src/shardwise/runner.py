@@ -71,6 +71,7 @@ def consumer_settings(config: ProcessorConfig) -> ConsumerSettings:
         window_s=config.maximum_batching_window_in_seconds,
         on_trimmed_data=config.on_trimmed_data,
         max_poll_interval_s=config.max_poll_interval_seconds,
+        parallelization_factor=config.parallelization_factor,
         record_filter=_record_filter(config),
         policy=FailurePolicy(
             maximum_retry_attempts=config.maximum_retry_attempts,

@@ -32,13 +32,16 @@ from shardwise.destinations.base import Destination
 from shardwise.dispatch.batcher import Batcher
 from shardwise.dispatch.delivery import Delivery, FailurePolicy
 from shardwise.dispatch.filters import RecordFilter
+from shardwise.dispatch.lanes import Lanes
 from shardwise.errors import (
     ExpiredIteratorError,
     ShardNotFoundError,
+    ShardwiseError,
     SourceError,
     StoreError,
     ThrottledError,
     TrimmedDataError,
+    first_error,
 )
 from shardwise.observe.progress import ProcessorProgress
 from shardwise.processors import Processor
@@ -83,6 +86,8 @@ class ConsumerSettings:
     window_s: float
     on_trimmed_data: Literal["trim_horizon", "stop"] = "trim_horizon"
     policy: FailurePolicy = field(default_factory=FailurePolicy)
+    # ParallelizationFactor: batches of one shard in flight at once, one lane per key hash.
+    parallelization_factor: int = 1
     # FilterCriteria: records matching no filter are consumed without an invocation.
     record_filter: RecordFilter | None = None
     # Lambda polls each shard about 4 times per second; so does shardwise while a shard has
@@ -141,6 +146,7 @@ class ShardConsumer:
             stop=stop,
             progress=progress,
         )
+        self._lanes: Lanes | None = None
         self._iterator: str | None = None
         self._last_read: SequenceNumber | None = start.after
         self._checkpointed: SequenceNumber | None = start.after
@@ -152,6 +158,33 @@ class ShardConsumer:
     async def run(self) -> ShardOutcome:
         structlog.contextvars.bind_contextvars(shard=self._shard_id)
         log.info("shard started", position=self._start.describe())
+        factor = self._settings.parallelization_factor
+        if factor == 1:
+            return await self._run()
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                self._lanes = Lanes(
+                    factor,
+                    stream_arn=self._source.stream_arn,
+                    shard_id=self._shard_id,
+                    batch_size=self._settings.batch_size,
+                    window_s=self._settings.window_s,
+                    payload_limit_bytes=self._settings.policy.payload_limit_bytes,
+                    stop=self._stop,
+                    tasks=tasks,
+                )
+                delivery = self._delivery.with_commit(self._lanes.resolved)
+                self._lanes.bind(delivery.deliver, self._lane_commit)
+                outcome = await self._run()
+                await self._lanes.drain()  # in-flight batches finish (nothing new starts)
+                return outcome
+        except BaseExceptionGroup as group:
+            failure = first_error(group)
+            if isinstance(failure, ShardwiseError):
+                raise failure from group
+            raise
+
+    async def _run(self) -> ShardOutcome:
         while not self._stop.is_set():
             started = time.monotonic()
             try:
@@ -164,13 +197,14 @@ class ShardConsumer:
             self._api_failures = 0
             closed = page.next_iterator is None
             self._iterator = page.next_iterator
-            self._accept(page)
-            if not await self._deliver_ready(flush=closed):
-                self._progress.released(self._shard_id, len(self._batcher))
+            if not await self._accept(page) or not await self._deliver_ready(flush=closed):
+                self._progress.released(self._shard_id, self._pending())
                 return ShardOutcome.STOPPED
             if not await self._checkpoint_filtered_tail():
                 return ShardOutcome.STOPPED
             if closed:
+                if self._lanes is not None and not await self._lanes.drain():
+                    return ShardOutcome.STOPPED
                 finished = await self._finish()
                 return ShardOutcome.FINISHED if finished else ShardOutcome.STOPPED
             if await sleep_or_stop(self._stop, self._pause_s(started, page)):
@@ -194,10 +228,11 @@ class ShardConsumer:
             return Position.after_sequence(self._last_read)
         return self._start
 
-    def _accept(self, page: RecordPage) -> None:
+    async def _accept(self, page: RecordPage) -> bool:
+        """Take a page's records in (filters, batching); False when stopping."""
         self._progress.polled(self._shard_id, len(page.records))
         if not page.records:
-            return
+            return True
         first = page.records[0]["dynamodb"]["SequenceNumber"]
         self._last_read = SequenceNumber(page.records[-1]["dynamodb"]["SequenceNumber"])
         if self._gap_after is not None:
@@ -213,7 +248,10 @@ class ShardConsumer:
             records = record_filter.keep(records)
             if len(records) < len(page.records):
                 self._progress.filtered(self._shard_id, len(page.records) - len(records))
+        if self._lanes is not None:
+            return await self._lanes.add(page.records, records)
         self._batcher.add(records, time.monotonic())
+        return True
 
     def _pause_s(self, started: float, page: RecordPage) -> float:
         """Poll again at once after a full page, ~4 polls/s while records flow, and back off
@@ -226,7 +264,7 @@ class ShardConsumer:
             self._empty_polls, self._settings.poll_interval_s, self._settings.max_poll_interval_s
         )
         delay = interval - (time.monotonic() - started)
-        due = self._batcher.seconds_until_due(time.monotonic())
+        due = (self._lanes or self._batcher).seconds_until_due(time.monotonic())
         if due is not None:
             delay = min(delay, due)
         return max(0.0, delay)
@@ -275,7 +313,12 @@ class ShardConsumer:
 
     # -- delivering ------------------------------------------------------------------------
 
+    def _pending(self) -> int:
+        return self._lanes.pending if self._lanes is not None else len(self._batcher)
+
     async def _deliver_ready(self, *, flush: bool) -> bool:
+        if self._lanes is not None:
+            return await self._lanes.dispatch(flush=flush)
         for batch in self._batcher.take(time.monotonic(), flush=flush):
             if self._stop.is_set():
                 return False  # not started: it is read again after the restart
@@ -303,13 +346,33 @@ class ShardConsumer:
         """Nothing waits to be delivered, yet records were read past the checkpoint: they
         were all filtered out. Move the checkpoint over them (they are consumed)."""
         last = self._last_read
-        if len(self._batcher) or last is None or last == self._checkpointed:
+        if self._lanes is not None or len(self._batcher) or last in (None, self._checkpointed):
             return True
         if not await self._write(
             "checkpoint", lambda: self._checkpointer.save(self._shard_id, last)
         ):
             return False
         self._checkpointed = last
+        return True
+
+    async def _lane_commit(self, mark: SequenceNumber | None, part: Batch | None) -> bool:
+        """The lanes' watermark moved (``mark``) and/or a lane resolved ``part``."""
+        started = time.monotonic()
+        if mark is not None:
+            if not await self._write(
+                "checkpoint", lambda: self._checkpointer.save(self._shard_id, mark)
+            ):
+                return False
+            self._checkpointed = mark
+        if part is not None:
+            created = part.records[-1]["dynamodb"].get("ApproximateCreationDateTime")
+            self._progress.checkpointed(
+                self._shard_id,
+                self._checkpointed or part.last_sequence_number,
+                len(part),
+                float(created) if isinstance(created, int | float) else None,
+                time.monotonic() - started,
+            )
         return True
 
     async def _checkpoint(self, batch: Batch) -> bool:

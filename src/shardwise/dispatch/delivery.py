@@ -83,6 +83,20 @@ class Delivery:
         self._backoff = backoff
         self._warned_unreported = False
 
+    def with_commit(self, commit: Commit) -> Delivery:
+        """The same delivery, committing resolved records through ``commit``."""
+        return Delivery(
+            processor=self._processor,
+            policy=self._policy,
+            destination=self._destination,
+            function_arn=self._function_arn,
+            commit=commit,
+            stop=self._stop,
+            progress=self._progress,
+            clock=self._clock,
+            backoff=self._backoff,
+        )
+
     async def deliver(self, batch: Batch) -> bool:
         """Resolve every record of ``batch``; False when stopping left some unresolved."""
         planner = RetryPlanner(
