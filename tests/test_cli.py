@@ -94,6 +94,8 @@ class TestHelpAndVersion:
             ["failures", "replay"],
             ["status"],
             ["iam-policy"],
+            ["leases"],
+            ["leases", "reset"],
         ],
     )
     def test_help(self, command: list[str], capsys: pytest.CaptureFixture[str]) -> None:

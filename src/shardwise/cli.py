@@ -1,5 +1,5 @@
-"""The ``shardwise`` command: run, validate, status, checkpoints, db, failures, import-esm,
-iam-policy, demo.
+"""The ``shardwise`` command: run, validate, status, checkpoints, db, failures, leases,
+import-esm, iam-policy, demo.
 
 Exit codes: 0 success, 1 runtime failure, 2 invalid configuration or handler.
 """
@@ -20,6 +20,7 @@ from shardwise.config import Settings, load_config
 from shardwise.destinations.replay import add_failures_commands
 from shardwise.errors import ConfigError, HandlerImportError, ShardwiseError, first_error
 from shardwise.esm_import import add_import_esm_command
+from shardwise.leases.cli import add_leases_commands
 from shardwise.observe.logging import configure_logging
 from shardwise.observe.table import format_table
 
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_failures_commands(commands)
     add_import_esm_command(commands)
+    add_leases_commands(commands)
     return parser
 
 

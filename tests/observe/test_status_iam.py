@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -9,6 +10,8 @@ import pytest
 
 from shardwise.config import Settings, parse_config
 from shardwise.errors import StoreSchemaError
+from shardwise.leases import LeaseCoordinator
+from shardwise.leases.admin import LeaseView, ShardLease, WorkerBeat
 from shardwise.observe.iam import iam_policy
 from shardwise.observe.status import format_age, format_status, status_report
 from shardwise.records import SequenceNumber, ShardId, StartingPosition
@@ -37,8 +40,12 @@ def checkpoint(
     finished: bool = False,
     parent: str | None = None,
     age: timedelta = timedelta(seconds=42),
-) -> ShardCheckpoint:
-    return ShardCheckpoint(
+    owner: str | None = None,
+    counter: int = 0,
+    held: timedelta = timedelta(minutes=5, seconds=2),
+    handoff_to: str | None = None,
+) -> ShardLease:
+    row = ShardCheckpoint(
         processor=processor,
         stream_arn=ARN,
         shard_id=ShardId(shard),
@@ -48,45 +55,85 @@ def checkpoint(
         finished=finished,
         updated_at=T0 - age,
     )
+    since = None if owner is None else T0 - held
+    return ShardLease(row, owner=owner, counter=counter, owner_since=since, handoff_to=handoff_to)
+
+
+def beat(worker: str, age: timedelta, *, processor: str = "orders") -> WorkerBeat:
+    return WorkerBeat(processor, ARN, worker, heartbeat=7, started_at=T0 - age, updated_at=T0 - age)
 
 
 class TestFormatStatus:
-    """The status text: a summary per processor, one row per shard."""
+    """The status text: a summary per processor, one row per shard, one line per worker."""
 
-    def test_processors_and_shards(self) -> None:
-        """Configured processors in order, then ones only the store knows; ages are relative."""
+    def test_processors_shards_and_workers(self) -> None:
+        """Configured processors in order, then ones only the store knows; ages are relative;
+        a worker is stale? past three lease durations, or when it has no heartbeat row."""
         settings = config(
             processor("orders", "{table: Orders}")
             + processor("paused", "{table: Orders}", "    enabled: false\n"),
-            top="store: {url: 'postgresql+asyncpg://shardwise:s3cret@db/shardwise'}",
+            top="store: {url: 'postgresql+asyncpg://shardwise:s3cret@db/shardwise'}\n"
+            "worker: {lease_duration_seconds: 10}",
         )
-        rows = [
-            checkpoint("shard-1", "500", finished=True, age=timedelta(hours=3, minutes=12)),
-            checkpoint("shard-2", None, parent="shard-1", age=timedelta(seconds=42)),
+        shards = [
+            checkpoint(
+                "shard-1", "500", finished=True, counter=9, age=timedelta(hours=3, minutes=12)
+            ),
+            checkpoint("shard-2", None, parent="shard-1", owner="w1", counter=12),
+            checkpoint("shard-3", "77", owner="w1", counter=4, handoff_to="w2", held=timedelta(0)),
+            checkpoint("shard-4", "80", counter=31, handoff_to="w2"),
+            checkpoint("shard-5", "81", owner="gone", counter=3),
             checkpoint("shard-9", "7", processor="renamed", age=timedelta(days=2, hours=4)),
         ]
-        text = format_status(settings, rows, now=T0)
+        workers = [
+            beat("w1", timedelta(seconds=3)),
+            beat("w2", timedelta(seconds=30)),  # exactly three durations: not stale yet
+            beat("w3", timedelta(seconds=31)),
+        ]
+        text = format_status(settings, LeaseView(shards, workers), now=T0)
         assert text == "\n".join(
             [
                 "store: postgresql+asyncpg://shardwise:***@db/shardwise",
+                "ages: by this machine's clock (workers' clocks may differ; leases expire by "
+                "counter, not by time)",
                 "",
-                "processor orders: 2 shard(s), 1 reading, 1 finished; "
+                "processor orders: 5 shard(s), 4 reading (3 leased), 1 finished; "
                 "last checkpoint write 42s ago",
                 f"  stream {ARN}",
-                "    SHARD    CHECKPOINT      FINISHED  UPDATED    PARENT",
-                "    shard-1  500             yes       3h12m ago  -",
-                "    shard-2  (TRIM_HORIZON)  no        42s ago    shard-1",
+                "    SHARD    CHECKPOINT      FINISHED  OWNER     "
+                "COUNTER  HELD FOR  UPDATED    PARENT",
+                "    shard-1  500             yes       -         9        -         3h12m ago  -",
+                "    shard-2  (TRIM_HORIZON)  no        w1        "
+                "12       5m02s     42s ago    shard-1",
+                "    shard-3  77              no        w1 -> w2  4        0s        42s ago    -",
+                "    shard-4  80              no        -> w2     31       -         42s ago    -",
+                "    shard-5  81              no        gone      3        5m02s     42s ago    -",
+                "    worker gone: 1 lease(s), no heartbeat row "
+                "(stale? more than 3 lease durations)",
+                "    worker w1: 2 lease(s), heartbeat 3s ago",
+                "    worker w2: 0 lease(s), heartbeat 30s ago",
+                "    worker w3: 0 lease(s), heartbeat 31s ago (stale? more than 3 lease durations)",
                 "",
                 "processor paused (disabled): no checkpoints yet",
                 "",
                 "processor renamed (not in the config: its checkpoints are kept): 1 shard(s), "
-                "1 reading, 0 finished; last checkpoint write 2d04h ago",
+                "1 reading (0 leased), 0 finished; last checkpoint write 2d04h ago",
                 f"  stream {ARN}",
-                "    SHARD    CHECKPOINT  FINISHED  UPDATED    PARENT",
-                "    shard-9  7           no        2d04h ago  -",
+                "    SHARD    CHECKPOINT  FINISHED  OWNER  COUNTER  HELD FOR  UPDATED    PARENT",
+                "    shard-9  7           no        -      0        -         2d04h ago  -",
             ]
         )
         assert "s3cret" not in text
+
+    def test_workers_without_checkpoints(self) -> None:
+        """A stream whose workers beat before any shard is registered shows its workers."""
+        settings = config(processor("orders", "{table: Orders}"))
+        text = format_status(settings, LeaseView([], [beat("w1", timedelta(0))]), now=T0)
+        assert text.splitlines()[3:] == [
+            "processor orders: no checkpoints yet",
+            f"  stream {ARN}",
+            "    worker w1: 0 lease(s), heartbeat 0s ago",
+        ]
 
     @pytest.mark.parametrize(
         ("seconds", "text"),
@@ -119,11 +166,46 @@ class TestStatusReport:
             processor("orders", "{table: Orders}"), top=f"store: {{url: '{sqlite_url}'}}"
         )
         text = await status_report(settings, now=datetime.now(UTC) + timedelta(minutes=2))
-        assert "processor orders: 2 shard(s), 1 reading, 1 finished" in text
+        assert "processor orders: 2 shard(s), 1 reading (0 leased), 1 finished" in text
         lines = text.splitlines()
-        assert any(line.split()[:3] == ["shard-1", "500", "yes"] for line in lines)
-        assert any(line.split()[:3] == ["shard-2", "612", "no"] for line in lines)
+        assert any(line.split()[:4] == ["shard-1", "500", "yes", "-"] for line in lines)
+        assert any(line.split()[:4] == ["shard-2", "612", "no", "-"] for line in lines)
         assert any(line.split()[-1] == "shard-1" for line in lines if "shard-2" in line)
+
+    async def test_owners_counters_and_workers(self, store_url: str) -> None:
+        """Leases taken by real coordinators show their owner, counter and holder's workers."""
+        async with await CheckpointStore.connect(store_url) as store:
+            await store.register_shards(
+                "orders",
+                ARN,
+                [
+                    ShardRegistration(ShardId(f"shard-{n}"), None, StartingPosition.TRIM_HORIZON)
+                    for n in range(3)
+                ],
+            )
+            a = LeaseCoordinator(store, processor="orders", stream_arn=ARN, worker_id="a")
+            b = LeaseCoordinator(store, processor="orders", stream_arn=ARN, worker_id="b")
+            await a.renew_once()
+            a_leases = await a.take_once()
+            await a.renew_once()  # every counter moves from 1 to 2
+            await b.renew_once()  # a heartbeat row, no lease
+            settings = config(
+                processor("orders", "{table: Orders}"), top=f"store: {{url: '{store_url}'}}"
+            )
+            text = await status_report(settings, now=datetime.now(UTC) + timedelta(seconds=5))
+            await a.release_all()
+            await b.release_all()
+        assert len(a_leases) == 3
+        assert "processor orders: 3 shard(s), 3 reading (3 leased), 0 finished" in text
+        rows = [line.split() for line in text.splitlines() if line.strip().startswith("shard-")]
+        assert [row[:5] for row in rows] == [
+            [f"shard-{n}", "(TRIM_HORIZON)", "no", "a", "2"] for n in range(3)
+        ]
+        workers = [line for line in text.splitlines() if line.startswith("    worker ")]
+        assert [re.sub(r"\d+s ago", "Ns ago", line) for line in workers] == [
+            "    worker a: 3 lease(s), heartbeat Ns ago",  # not stale: lease duration 10 s
+            "    worker b: 0 lease(s), heartbeat Ns ago",
+        ]
 
     async def test_unmigrated_store_is_an_error(self, sqlite_url: str) -> None:
         """status never creates or migrates a schema."""
