@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import asyncpg
 import pytest
 
 from shardwise.testing import ScriptedStream, StreamsServer
+from tests.conftest import in_ci
 
 HANDLER = """
 import json, os, time
@@ -298,3 +300,38 @@ class TestSplitAcrossWorkers:
                 when[int(r["dynamodb"]["SequenceNumber"])] for r in stream.records(child)
             )
             assert child_start >= parent_done
+
+
+def restart_postgres() -> None:
+    versions = os.listdir("/etc/postgresql")
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", versions[0], "main", "restart"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+class TestStoreOutage:
+    """PostgreSQL restarted mid-run: workers recover their shards and nothing is lost."""
+
+    def test_postgres_restart(self, workers: tuple[Workers, ScriptedStream]) -> None:
+        if not os.path.isdir("/etc/postgresql") or shutil.which("pg_ctlcluster") is None:
+            message = "this machine's PostgreSQL is not managed by pg_ctlcluster"
+            if in_ci():
+                pytest.fail(message + " (CI=true: the outage test must run)")
+            pytest.skip(message)
+        group, stream = workers
+        for shard in stream.shard_ids:
+            stream.put_many(shard, 20)
+        group.start("a", batch_sleep=0.05)
+        group.start("b", batch_sleep=0.05)
+        group.wait(lambda: len({s for _, s in group.delivered()}) >= 100, "a first part")
+        restart_postgres()
+        for shard in stream.shard_ids:
+            stream.put_many(shard, 20)
+        group.wait(lambda: len({s for _, s in group.delivered()}) >= 480, "all 480 records")
+        assert all(p.poll() is None for p in group.processes.values()), "a worker died"
+        group.wait(lambda: sum(n for o, n in group.owners().items() if o) == 12, "all leased")
+        group.stop_all()
+        assert len({s for _, s in group.delivered()}) == 480
