@@ -69,11 +69,13 @@ def settings_for(
     store_url: str,
     processors: str,
     extra: str = "",
+    transport: str = "raw",
 ) -> Settings:
     text = f"""
 aws:
   region: us-east-1
   endpoint_url: {endpoint_url}
+  transport: {transport}
 store:
   url: {store_url}
 worker:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import pytest
 
 from shardwise.store import CheckpointStore
 from tests.e2e import (
@@ -24,13 +25,17 @@ from tests.e2e import (
 class TestRecordShape:
     """INSERT/MODIFY/REMOVE reach a stock handler in exactly Lambda's record shape."""
 
-    async def test_insert_modify_remove(self, tmp_path: Path, moto_endpoint: str) -> None:
+    @pytest.mark.parametrize("transport", ["raw", "aiobotocore"])
+    async def test_insert_modify_remove(
+        self, tmp_path: Path, moto_endpoint: str, transport: str
+    ) -> None:
         table, name = create_table(moto_endpoint)
         handler, out = recording_handler(tmp_path)
         settings = settings_for(
             tmp_path,
             endpoint_url=moto_endpoint,
             store_url=f"sqlite+aiosqlite:///{tmp_path / 'cp.db'}",
+            transport=transport,
             processors=f"""
             - name: shape
               source: {{dynamodb: {{table: {name}}}}}

@@ -132,6 +132,7 @@ class TestFaults:
             ("DescribeStream", "InternalServerError", 2),
         ],
     )
+    @pytest.mark.parametrize("transport", ["raw", "aiobotocore"])
     async def test_recovers_exactly_once(
         self,
         tmp_path: Path,
@@ -140,6 +141,7 @@ class TestFaults:
         operation: str,
         code: str,
         times: int,
+        transport: str,
     ) -> None:
         stream = server.create_stream("Orders")
         [shard] = stream.shard_ids
@@ -150,6 +152,7 @@ class TestFaults:
             endpoint_url=server.endpoint_url,
             store_url=sqlite_url,
             processors=processor_yaml(handler, stream.arn, extra="batch_size: 10"),
+            transport=transport,
         )
         server.fail(operation, code, times=times)
         async with running(settings):

@@ -179,6 +179,8 @@ class AwsConfig(_Model):
     """moto / LocalStack endpoint; None: real AWS."""
     profile: OptionalText = None
     """Named profile from ~/.aws/config; None: the default credential chain."""
+    transport: Literal["raw", "aiobotocore"] = "raw"
+    """GetRecords path: raw (SigV4-signed HTTP + orjson, fast) or aiobotocore (fallback)."""
 
 
 class StoreConfig(_Model):

@@ -31,7 +31,13 @@ from shardwise.leases import LeaseCoordinator
 from shardwise.observe.progress import ProcessorProgress
 from shardwise.processors import build_processor, import_handler
 from shardwise.runner import ProcessorRunner
+from shardwise.sources.base import ShardSource
 from shardwise.sources.dynamodb import DynamoDBStreamsSource, resolve_stream_arn
+from shardwise.sources.dynamodb_raw import (
+    RawDynamoDBStreamsSource,
+    RawStreamsClient,
+    open_raw_client,
+)
 from shardwise.store import CheckpointStore
 
 __all__ = ["Supervisor", "aws_client_config", "search_paths"]
@@ -39,7 +45,11 @@ __all__ = ["Supervisor", "aws_client_config", "search_paths"]
 log = structlog.get_logger("shardwise.supervisor")
 
 
-def aws_client_config(max_connections: int = 64) -> AioConfig:
+# Connections per AWS client: a bound, so 1000 shards do not open 1000 sockets.
+AWS_MAX_CONNECTIONS = 64
+
+
+def aws_client_config(max_connections: int = AWS_MAX_CONNECTIONS) -> AioConfig:
     """Our clients do their own backoff: botocore must not retry behind our back."""
     return AioConfig(
         retries={"total_max_attempts": 1},
@@ -63,11 +73,17 @@ class _Connections:
     """What every processor shares: the store and the AWS clients."""
 
     store: CheckpointStore
-    streams: Any
     session: AioSession
     client_kwargs: dict[str, Any]
     stack: AsyncExitStack
+    streams: Any = None  # the aiobotocore client (transport: aiobotocore)
+    raw: RawStreamsClient | None = None  # the raw client (transport: raw)
     tables: Any = None
+
+    def source(self, stream_arn: str) -> ShardSource:
+        if self.raw is not None:
+            return RawDynamoDBStreamsSource(self.raw, stream_arn)
+        return DynamoDBStreamsSource(self.streams, stream_arn)
 
     async def stream_arn(self, config: ProcessorConfig) -> str:
         source = config.source.dynamodb
@@ -245,10 +261,15 @@ class Supervisor:
             "endpoint_url": aws.endpoint_url,
             "config": aws_client_config(),
         }
-        streams = await stack.enter_async_context(
-            session.create_client("dynamodbstreams", **client_kwargs)
-        )
-        return _Connections(store, streams, session, client_kwargs, stack)
+        connections = _Connections(store, session, client_kwargs, stack)
+        if aws.transport == "raw":
+            connections.raw = await open_raw_client(aws, max_connections=AWS_MAX_CONNECTIONS)
+            stack.push_async_callback(connections.raw.close)
+        else:
+            connections.streams = await stack.enter_async_context(
+                session.create_client("dynamodbstreams", **client_kwargs)
+            )
+        return connections
 
     async def _launch(self, config: ProcessorConfig, target: Any, *, isolated: bool) -> None:
         """Start one processor's runner in the supervisor's TaskGroup.
@@ -316,7 +337,7 @@ class Supervisor:
         )
         return ProcessorRunner(
             config,
-            source=DynamoDBStreamsSource(connections.streams, arn),
+            source=connections.source(arn),
             processor=processor,
             store=connections.store,
             leases=leases,

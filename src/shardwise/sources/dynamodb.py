@@ -34,11 +34,15 @@ from shardwise.records import (
 )
 
 __all__ = [
+    "MALFORMED",
     "DynamoDBStreamsSource",
     "lambda_record",
+    "mapped_errors",
     "resolve_stream_arn",
 ]
 
+# The code of a 2xx reply that is not what the API promises (a proxy page, an empty body).
+MALFORMED = "MalformedResponse"
 # DescribeStream returns at most 100 shards per call.
 DESCRIBE_STREAM_PAGE = 100
 
@@ -56,7 +60,7 @@ _THROTTLE_CODES = frozenset(
 
 
 @contextmanager
-def _mapped(operation: str, where: str, *, shard_op: bool) -> Iterator[None]:
+def mapped_errors(operation: str, where: str, *, shard_op: bool) -> Iterator[None]:
     """Translate botocore and transport errors of one call into the SourceError tree."""
     try:
         yield
@@ -139,7 +143,7 @@ def lambda_record(raw: dict[str, Any], stream_arn: str) -> StreamRecord:
 
 async def resolve_stream_arn(dynamodb: Any, table: str) -> str:
     """A table's LatestStreamArn (DescribeTable); a clear error when it has no stream."""
-    with _mapped("DescribeTable", f"table {table}", shard_op=False):
+    with mapped_errors("DescribeTable", f"table {table}", shard_op=False):
         response = await dynamodb.describe_table(TableName=table)
     description = response["Table"]
     arn = description.get("LatestStreamArn")
@@ -172,9 +176,14 @@ class DynamoDBStreamsSource:
             kwargs: dict[str, Any] = {"StreamArn": self._stream_arn, "Limit": DESCRIBE_STREAM_PAGE}
             if start:
                 kwargs["ExclusiveStartShardId"] = start
-            with _mapped("DescribeStream", f"stream {self._stream_arn}", shard_op=False):
+            with mapped_errors("DescribeStream", f"stream {self._stream_arn}", shard_op=False):
                 response = await self._client.describe_stream(**kwargs)
-            description = response["StreamDescription"]
+            description = response.get("StreamDescription")
+            if not isinstance(description, dict):
+                raise SourceError(
+                    f"DescribeStream on stream {self._stream_arn}: reply without StreamDescription",
+                    code=MALFORMED,
+                )
             status = str(description.get("StreamStatus", status))
             shards.extend(_shard(s) for s in description.get("Shards", []))
             start = description.get("LastEvaluatedShardId")
@@ -188,7 +197,7 @@ class DynamoDBStreamsSource:
             kwargs["SequenceNumber"] = position.after
         else:
             kwargs["ShardIteratorType"] = position.start.value
-        with _mapped("GetShardIterator", self._where(shard_id), shard_op=True):
+        with mapped_errors("GetShardIterator", self._where(shard_id), shard_op=True):
             response = await self._client.get_shard_iterator(**kwargs)
         iterator = response.get("ShardIterator")
         if not iterator:
@@ -196,10 +205,15 @@ class DynamoDBStreamsSource:
         return str(iterator)
 
     async def get_records(self, shard_id: ShardId, iterator: str, limit: int) -> RecordPage:
-        with _mapped("GetRecords", self._where(shard_id), shard_op=True):
+        with mapped_errors("GetRecords", self._where(shard_id), shard_op=True):
             response = await self._client.get_records(ShardIterator=iterator, Limit=limit)
+        if "Records" not in response:
+            # Never read as the end of a closed shard: that would skip its unread records.
+            raise SourceError(
+                f"GetRecords on {self._where(shard_id)}: reply without Records", code=MALFORMED
+            )
         arn = self._stream_arn
-        records = [lambda_record(raw, arn) for raw in response.get("Records", ())]
+        records = [lambda_record(raw, arn) for raw in response["Records"]]
         return RecordPage(records=records, next_iterator=response.get("NextShardIterator"))
 
     def _where(self, shard_id: str) -> str:

@@ -31,6 +31,9 @@ _SIGNING_REGION = re.compile(r"Credential=[^/,\s]+/\d{8}/([^/,\s]+)/")
 
 class _HttpServer(ThreadingHTTPServer):
     daemon_threads = True
+    # A worker opens dozens of pooled connections at once; socketserver's default backlog of
+    # 5 would drop their SYNs and stall each for a retransmit.
+    request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], protocol: StreamsProtocol) -> None:
         self.protocol = protocol

@@ -1,0 +1,118 @@
+"""Case 5, checkpoint cost: SQL statements per batch, for batch sizes 10, 100 and 1000.
+
+One closed shard of the in-process streams server is read to its end by a
+``ShardConsumer`` checkpointing into a ``CheckpointStore``; ``CheckpointStore.statements``
+counts what it sent after the shard was registered. A checkpoint must cost the same
+whatever the batch size (O(1) per batch, so O(1/batch_size) per record): each figure is
+compared with the smallest batch size. Counts, not timings, so the case runs quickly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bench.handlers import noop
+from bench.harness import migrated, scratch_postgres
+from bench.report import Baseline, CaseResult, Figure, Target
+from shardwise.config import AwsConfig
+from shardwise.dispatch.consumer import ConsumerSettings, ShardConsumer
+from shardwise.observe.progress import ProcessorProgress
+from shardwise.processors import build_processor
+from shardwise.records import Position, SequenceNumber, ShardId, StartingPosition
+from shardwise.sources.dynamodb_raw import open_raw_source
+from shardwise.store import CheckpointStore, ShardRegistration
+from shardwise.testing import StreamsServer
+
+if TYPE_CHECKING:
+    from bench.plans import CheckpointPlan
+
+__all__ = ["run"]
+
+
+class _Checkpointer:
+    """The supervisor's binding of the store to one processor and stream."""
+
+    def __init__(self, store: CheckpointStore, processor: str, stream_arn: str) -> None:
+        self._store, self._processor, self._arn = store, processor, stream_arn
+
+    async def save(self, shard_id: ShardId, sequence_number: SequenceNumber) -> None:
+        await self._store.save(self._processor, self._arn, shard_id, sequence_number)
+
+    async def finish(self, shard_id: ShardId, sequence_number: SequenceNumber | None) -> None:
+        await self._store.finish(self._processor, self._arn, shard_id, sequence_number)
+
+
+async def statements_per_batch(
+    server: StreamsServer, store_url: str, records: int, batch_size: int
+) -> tuple[float, int]:
+    """(statements per batch, batches) for one shard of ``records`` read to its end."""
+    stream = server.create_stream(f"Checkpoints{batch_size}")
+    [shard] = stream.shard_ids
+    stream.put_many(shard, records)
+    stream.close_shard(shard)
+    name = f"cp{batch_size}"
+    source = await open_raw_source(
+        AwsConfig(region="us-east-1", endpoint_url=server.endpoint_url), stream.arn
+    )
+    store = await CheckpointStore.connect(store_url)
+    try:
+        registration = ShardRegistration(ShardId(shard), None, StartingPosition.TRIM_HORIZON)
+        await store.register_shards(name, stream.arn, [registration])
+        progress = ProcessorProgress(name)
+        before = store.statements
+        consumer = ShardConsumer(
+            source=source,
+            shard_id=ShardId(shard),
+            start=Position(),
+            processor=build_processor(name, noop, stream_arn=stream.arn, timeout_s=60),
+            checkpointer=_Checkpointer(store, name, stream.arn),
+            settings=ConsumerSettings(batch_size=batch_size, window_s=0.0),
+            stop=asyncio.Event(),
+            progress=progress,
+        )
+        await consumer.run()
+        statements = store.statements - before - 1  # the shard's closing "finish"
+        batches = progress.batches_processed
+        return statements / batches, batches
+    finally:
+        await store.close()
+        await source.close()
+
+
+async def run(plan: CheckpointPlan, workdir: Path) -> CaseResult:
+    result = CaseResult("checkpoints", "SQL statements per batch (CheckpointStore.statements)")
+    started = time.monotonic()
+    sqlite_url = await migrated(f"sqlite+aiosqlite:///{workdir / 'checkpoints.db'}")
+    async with scratch_postgres() as pg_url:
+        stores = [("SQLite", sqlite_url)]
+        if pg_url is None:
+            result.notes.append("PostgreSQL not reachable at 127.0.0.1:5432: SQLite only")
+        else:
+            stores.append(("PostgreSQL", await migrated(pg_url)))
+        with StreamsServer() as server:
+            for store, url in stores:
+                baseline: Baseline | None = None
+                for batch_size in plan.batch_sizes:
+                    per_batch, batches = await statements_per_batch(
+                        server, url, plan.records, batch_size
+                    )
+                    if baseline is None:
+                        baseline = Baseline(f"batch_size {batch_size}", per_batch)
+                    result.add(
+                        Figure(
+                            f"{store}, batch_size {batch_size}",
+                            per_batch,
+                            "statements/batch",
+                            baseline,
+                            Target("ratio", "<=", 1.0),
+                            f"{batches} batches, {per_batch / batch_size:.4f} per record",
+                        )
+                    )
+    result.seconds = time.monotonic() - started
+    result.notes.append(
+        f"{plan.records} records per shard; the one 'finish' statement per shard is not counted"
+    )
+    return result

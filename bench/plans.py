@@ -1,0 +1,71 @@
+"""How big each case runs: the full run (``make bench``, ~5 min on 2 cores) and ``--quick``.
+
+Every size lives here so that the two modes differ in numbers only, never in code path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bench.throughput import ThroughputPlan
+
+__all__ = ["FULL", "QUICK", "CheckpointPlan", "CostPlan", "LatencyPlan", "Plan", "ScalePlan"]
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyPlan:
+    hot_seconds: float
+    hot_rate: float  # records/s written to the hot shard
+    idle_seconds: float
+    idle_shards: int  # streams server shards written once after the idle period
+    moto_tables: int  # each a stream of one shard; all but the first stay idle
+
+
+@dataclass(frozen=True, slots=True)
+class ScalePlan:
+    shards: int
+    window_seconds: float
+    light_rate: float  # records/s across all shards under "light load"
+    settle_seconds: float  # after every shard was polled: long enough for idle back-off
+    warmup_timeout_s: float = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class CostPlan:
+    shards: int
+    idle_before_s: float  # how long the shards have been idle when counting starts
+    window_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointPlan:
+    records: int
+    batch_sizes: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    throughput: list[ThroughputPlan] = field(default_factory=list)
+    latency: LatencyPlan = LatencyPlan(6.0, 20.0, 20.0, 10, 4)
+    scale: ScalePlan = ScalePlan(1000, 12.0, 100.0, 8.0)
+    cost: CostPlan = CostPlan(10, 60.0, 10.0)
+    checkpoints: CheckpointPlan = CheckpointPlan(3000, (10, 100, 1000))
+
+
+FULL = Plan(
+    throughput=[
+        ThroughputPlan(shards=1, records_per_shard=100_000),
+        ThroughputPlan(shards=64, records_per_shard=3_000),
+    ],
+)
+
+QUICK = Plan(
+    throughput=[
+        ThroughputPlan(shards=1, records_per_shard=3_000, ceiling_seconds=0.5, timeout_s=30),
+        ThroughputPlan(shards=4, records_per_shard=500, ceiling_seconds=0.5, timeout_s=30),
+    ],
+    latency=LatencyPlan(1.5, 20.0, 1.5, 3, 2),
+    scale=ScalePlan(20, 1.5, 20.0, 0.5, warmup_timeout_s=30.0),
+    cost=CostPlan(5, 2.0, 2.0),
+    checkpoints=CheckpointPlan(100, (10, 100)),
+)

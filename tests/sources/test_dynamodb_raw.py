@@ -1,0 +1,226 @@
+"""The raw-HTTP source's own concerns: signing, credentials, the connection bound, set-up."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiobotocore.credentials import AioCredentials, AioRefreshableCredentials
+from aiohttp import web
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import ReadOnlyCredentials
+
+from shardwise.config import AwsConfig
+from shardwise.errors import ConfigError, SourceError
+from shardwise.records import ShardId
+from shardwise.sources.dynamodb_raw import (
+    RawDynamoDBStreamsSource,
+    RawStreamsClient,
+    open_raw_client,
+    proxy_for,
+)
+
+ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/Raw/stream/2024-01-01T00:00:00.000"
+EMPTY_PAGE = b'{"Records":[],"NextShardIterator":"next"}'
+
+
+class Endpoint:
+    """A local endpoint that records each request and answers with an empty page."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.url = ""
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self._delay_s = delay_s
+
+    async def answer(self, request: web.Request) -> web.Response:
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            body = await request.read()
+            self.requests.append((dict(request.headers), body))
+            await asyncio.sleep(self._delay_s)
+            return web.Response(body=EMPTY_PAGE, content_type="application/x-amz-json-1.0")
+        finally:
+            self.in_flight -= 1
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[Endpoint], Awaitable[str]]]:
+    runners: list[web.AppRunner] = []
+
+    async def start(endpoint: Endpoint) -> str:
+        app = web.Application()
+        app.router.add_post("/", endpoint.answer)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        runners.append(runner)
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        endpoint.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        return endpoint.url
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+def raw_client(url: str, credentials: Any, *, limit: int = 8) -> RawStreamsClient:
+    http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit))
+    return RawStreamsClient(http, endpoint_url=url, region="us-east-1", credentials=credentials)
+
+
+def signature_of(url: str, headers: dict[str, str], body: bytes, secret: str) -> str:
+    """Recompute the SigV4 signature from what arrived on the wire."""
+    authorization = headers["Authorization"]
+    signed = authorization.split("SignedHeaders=")[1].split(",")[0].split(";")
+    access_key = authorization.split("Credential=")[1].split("/")[0]
+    wire = {name: value for name, value in headers.items() if name.lower() in signed}
+    request = AWSRequest(method="POST", url=url + "/", data=body, headers=wire)
+    request.context["timestamp"] = headers["X-Amz-Date"]
+    signer = SigV4Auth(ReadOnlyCredentials(access_key, secret, None), "dynamodb", "us-east-1")
+    return signer.signature(
+        signer.string_to_sign(request, signer.canonical_request(request)), request
+    )
+
+
+class TestSigning:
+    """Requests carry a SigV4 signature over exactly the headers and body that were sent."""
+
+    async def test_signature_covers_what_was_sent(
+        self, serve: Callable[[Endpoint], Awaitable[str]]
+    ) -> None:
+        endpoint = Endpoint()
+        url = await serve(endpoint)
+        credentials = AioCredentials("AKIDEXAMPLE", "secret-key", "session-token")
+        async with raw_client(url, credentials) as client:
+            source = RawDynamoDBStreamsSource(client, ARN)
+            page = await source.get_records(ShardId("shardId-1"), "iterator-1", 500)
+        assert not page.records
+        [(headers, body)] = endpoint.requests
+        assert headers["X-Amz-Target"] == "DynamoDBStreams_20120810.GetRecords"
+        assert headers["X-Amz-Security-Token"] == "session-token"
+        assert body == b'{"ShardIterator":"iterator-1","Limit":500}'
+        signed = headers["Authorization"].split("SignedHeaders=")[1].split(",")[0]
+        assert signed == "content-type;host;x-amz-date;x-amz-security-token;x-amz-target"
+        assert "/us-east-1/dynamodb/aws4_request" in headers["Authorization"]
+        expected = headers["Authorization"].rsplit("Signature=", 1)[1]
+        assert signature_of(url, headers, body, "secret-key") == expected
+
+    async def test_refreshable_credentials_are_refreshed(
+        self, serve: Callable[[Endpoint], Awaitable[str]]
+    ) -> None:
+        endpoint = Endpoint()
+        url = await serve(endpoint)
+        refreshed = 0
+
+        async def refresh() -> dict[str, str]:
+            nonlocal refreshed
+            refreshed += 1
+            expiry = datetime.now(UTC) + timedelta(hours=1)
+            return {
+                "access_key": f"AKIDNEW{refreshed}",
+                "secret_key": "new-secret",
+                "token": "new-token",
+                "expiry_time": expiry.isoformat(),
+            }
+
+        credentials = AioRefreshableCredentials(
+            "AKIDOLD",
+            "old-secret",
+            "old-token",
+            datetime.now(UTC) + timedelta(seconds=30),  # inside the refresh window
+            refresh,
+            "test",
+        )
+        async with raw_client(url, credentials) as client:
+            source = RawDynamoDBStreamsSource(client, ARN)
+            for _ in range(3):
+                await source.get_records(ShardId("shardId-1"), "iterator", 10)
+        keys = [
+            h["Authorization"].split("Credential=")[1].split("/")[0] for h, _ in endpoint.requests
+        ]
+        assert keys == ["AKIDNEW1"] * 3
+        assert refreshed == 1
+        headers, body = endpoint.requests[-1]
+        expected = headers["Authorization"].rsplit("Signature=", 1)[1]
+        assert signature_of(url, headers, body, "new-secret") == expected
+
+    async def test_no_credentials_fails_each_call(
+        self, serve: Callable[[Endpoint], Awaitable[str]]
+    ) -> None:
+        endpoint = Endpoint()
+        url = await serve(endpoint)
+        async with raw_client(url, None) as client:
+            source = RawDynamoDBStreamsSource(client, ARN)
+            with pytest.raises(SourceError) as caught:
+                await source.get_records(ShardId("shardId-1"), "iterator", 10)
+        assert caught.value.code == "NoCredentialsError"
+        assert caught.value.retriable
+        assert not endpoint.requests
+
+
+class TestConnections:
+    """One bounded pool: concurrent shards never open more than ``max_connections``."""
+
+    async def test_concurrency_is_bounded(
+        self, serve: Callable[[Endpoint], Awaitable[str]]
+    ) -> None:
+        endpoint = Endpoint(delay_s=0.05)
+        url = await serve(endpoint)
+        credentials = AioCredentials("AKID", "secret")
+        async with raw_client(url, credentials, limit=3) as client:
+            source = RawDynamoDBStreamsSource(client, ARN)
+            async with asyncio.TaskGroup() as tasks:
+                for n in range(12):
+                    tasks.create_task(source.get_records(ShardId(f"s{n}"), "iterator", 10))
+        assert len(endpoint.requests) == 12
+        assert endpoint.peak_in_flight == 3
+
+    async def test_close(self, serve: Callable[[Endpoint], Awaitable[str]]) -> None:
+        url = await serve(Endpoint())
+        client = await open_raw_client(AwsConfig(region="us-east-1", endpoint_url=url))
+        shared = RawDynamoDBStreamsSource(client, ARN)
+        await shared.close()  # does not own the client
+        assert repr(client).endswith(" open>")
+        await client.close()
+        await client.close()
+        assert client.closed
+        assert repr(client).endswith(" closed>")
+
+
+class TestOpen:
+    """Region and endpoint come from the settings first, then botocore's chain."""
+
+    async def test_region_and_default_endpoint(self) -> None:
+        client = await open_raw_client(AwsConfig(region="eu-west-2"))
+        async with client:
+            assert client.region == "eu-west-2"
+            assert client.endpoint_url == "https://streams.dynamodb.eu-west-2.amazonaws.com/"
+
+    async def test_region_from_the_environment(self) -> None:
+        async with await open_raw_client(AwsConfig()) as client:
+            assert client.region == "us-east-1"  # AWS_DEFAULT_REGION, set in conftest
+
+    async def test_no_region(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        monkeypatch.delenv("AWS_DEFAULT_REGION")
+        monkeypatch.delenv("AWS_REGION", raising=False)
+        monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+        with pytest.raises(ConfigError, match=r"aws\.region"):
+            await open_raw_client(AwsConfig())
+
+    def test_proxy_from_the_environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+        assert proxy_for("https://streams.dynamodb.us-east-1.amazonaws.com") == (
+            "http://proxy.internal:3128"
+        )
+        assert proxy_for("https://127.0.0.1:4566") is None
+        assert proxy_for("http://streams.example") is None  # no HTTP_PROXY set
