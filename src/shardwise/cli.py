@@ -16,7 +16,7 @@ from pathlib import Path
 import structlog
 
 from shardwise import __version__
-from shardwise.config import Settings, load_config
+from shardwise.config import Settings, add_config_argument, load_config
 from shardwise.destinations.replay import add_failures_commands
 from shardwise.errors import ConfigError, HandlerImportError, ShardwiseError, first_error
 from shardwise.esm_import import add_import_esm_command
@@ -29,19 +29,8 @@ __all__ = ["main"]
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_INVALID = 2
-DEFAULT_CONFIG = "shardwise.yaml"
 
 log = structlog.get_logger("shardwise.cli")
-
-
-def _config_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-c",
-        "--config",
-        default=DEFAULT_CONFIG,
-        type=Path,
-        help=f"path to the YAML configuration (default: ./{DEFAULT_CONFIG})",
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,36 +42,36 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run the processors of a config until stopped")
-    _config_arg(run)
+    add_config_argument(run)
     run.set_defaults(func=_cmd_run)
 
     validate = commands.add_parser("validate", help="check a config and import its handlers")
-    _config_arg(validate)
+    add_config_argument(validate)
     validate.set_defaults(func=_cmd_validate)
 
     status = commands.add_parser("status", help="where every processor and shard stands")
-    _config_arg(status)
+    add_config_argument(status)
     status.set_defaults(func=_cmd_status)
 
     iam = commands.add_parser(
         "iam-policy", help="print the least-privilege IAM policy a config needs"
     )
-    _config_arg(iam)
+    add_config_argument(iam)
     iam.set_defaults(func=_cmd_iam_policy)
 
     checkpoints = commands.add_parser("checkpoints", help="print the stored shard checkpoints")
-    _config_arg(checkpoints)
+    add_config_argument(checkpoints)
     checkpoints.add_argument("--processor", help="only this processor")
     checkpoints.set_defaults(func=_cmd_checkpoints)
 
     db = commands.add_parser("db", help="manage the checkpoint store's schema")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
     upgrade = db_commands.add_parser("upgrade", help="apply schema migrations (Alembic)")
-    _config_arg(upgrade)
+    add_config_argument(upgrade)
     upgrade.add_argument("--revision", default="head", help="target revision (default: head)")
     upgrade.set_defaults(func=_cmd_db_upgrade)
     current = db_commands.add_parser("current", help="print the schema revision")
-    _config_arg(current)
+    add_config_argument(current)
     current.set_defaults(func=_cmd_db_current)
 
     demo = commands.add_parser(

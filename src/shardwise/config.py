@@ -12,6 +12,7 @@ Adding a setting is one line plus its docstring: a typed field with its default 
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import ipaddress
 import math
@@ -41,6 +42,7 @@ from shardwise.records import StartingPosition
 from shardwise.store.engine import redact_url
 
 __all__ = [
+    "DEFAULT_CONFIG_FILE",
     "AwsConfig",
     "DestinationConfig",
     "DynamoDBSourceConfig",
@@ -55,6 +57,7 @@ __all__ = [
     "SourceConfig",
     "StoreConfig",
     "WorkerConfig",
+    "add_config_argument",
     "load_config",
     "parse_config",
     "split_bind",
@@ -411,6 +414,20 @@ def _duplicates(names: Sequence[object]) -> list[tuple[int, int, str]]:
 
 
 # --- reading: YAML, environment, and turning pydantic's errors into ours -----------------------
+
+
+DEFAULT_CONFIG_FILE = "shardwise.yaml"
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    """The ``-c/--config FILE`` option every command that reads a config takes."""
+    parser.add_argument(
+        "-c",
+        "--config",
+        default=DEFAULT_CONFIG_FILE,
+        type=Path,
+        help=f"path to the YAML configuration (default: ./{DEFAULT_CONFIG_FILE})",
+    )
 
 
 def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Settings:

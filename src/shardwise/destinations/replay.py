@@ -19,10 +19,9 @@ import json
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from shardwise.config import ProcessorConfig, Settings, load_config
+from shardwise.config import ProcessorConfig, Settings, add_config_argument, load_config
 from shardwise.destinations.archive import Archive, StoredFailure, open_archive
 from shardwise.destinations.factory import target_kind
 from shardwise.dispatch.response import interpret_response
@@ -36,7 +35,6 @@ __all__ = ["add_failures_commands"]
 
 # Exit codes, as in shardwise.cli (which imports this module, so they are not imported).
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
-DEFAULT_CONFIG = "shardwise.yaml"
 
 _METADATA_ONLY = (
     "processor {name!r} sends failed batches to {target}. Like Lambda, an {kind} destination "
@@ -211,13 +209,7 @@ async def _invoke(config: ProcessorConfig, processor: Processor, batch: Batch) -
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-c",
-        "--config",
-        default=DEFAULT_CONFIG,
-        type=Path,
-        help=f"path to the YAML configuration (default: ./{DEFAULT_CONFIG})",
-    )
+    add_config_argument(parser)
     parser.add_argument("--processor", required=True, help="the processor whose failures to use")
 
 

@@ -23,8 +23,9 @@ from typing import Any, Final
 from sqlalchemy import ColumnElement, Row, and_, false, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shardwise.records import Position, SequenceNumber, ShardId, StartingPosition
+from shardwise.records import Position, ShardId
 from shardwise.store import ShardCheckpoint
+from shardwise.store.checkpoints import checkpoint_from_row
 from shardwise.store.engine import map_store_errors, writer
 from shardwise.store.models import checkpoints, workers
 
@@ -89,18 +90,7 @@ class Released:
 
 
 def _shard_lease(row: Row[Any]) -> ShardLease:
-    checkpoint = ShardCheckpoint(
-        processor=row.processor,
-        stream_arn=row.stream_arn,
-        shard_id=ShardId(row.shard_id),
-        parent_shard_id=None if row.parent_shard_id is None else ShardId(row.parent_shard_id),
-        sequence_number=(
-            None if row.sequence_number is None else SequenceNumber(row.sequence_number)
-        ),
-        start_position=StartingPosition(row.start_position),
-        finished=bool(row.finished),
-        updated_at=row.updated_at,
-    )
+    checkpoint = checkpoint_from_row(row)
     return ShardLease(
         checkpoint=checkpoint,
         owner=row.owner,

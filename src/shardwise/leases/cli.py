@@ -24,10 +24,9 @@ import re
 import sys
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TypeAlias, TypeVar
 
-from shardwise.config import Settings, load_config
+from shardwise.config import Settings, add_config_argument, load_config
 from shardwise.leases.admin import LeaseAdmin, Released, ShardLease
 from shardwise.observe.status import format_age
 from shardwise.observe.table import format_table
@@ -38,7 +37,6 @@ __all__ = ["Confirm", "NoTerminalError", "add_leases_commands", "ask"]
 
 # Exit codes, as in shardwise.cli (which imports this module, so they are not imported).
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
-DEFAULT_CONFIG = "shardwise.yaml"
 # Shards named in the one-line summary of a release; the preview table lists them all.
 SUMMARY_SHARDS = 10
 
@@ -92,13 +90,7 @@ def add_leases_commands(
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-c",
-        "--config",
-        default=DEFAULT_CONFIG,
-        type=Path,
-        help=f"path to the YAML configuration (default: ./{DEFAULT_CONFIG})",
-    )
+    add_config_argument(parser)
     parser.add_argument("--processor", required=True, help="the processor whose leases to change")
     parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 

@@ -77,7 +77,8 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _checkpoint(row: Row[Any]) -> ShardCheckpoint:
+def checkpoint_from_row(row: Row[Any]) -> ShardCheckpoint:
+    """A ``shardwise_checkpoints`` row as a ``ShardCheckpoint``."""
     return ShardCheckpoint(
         processor=row.processor,
         stream_arn=row.stream_arn,
@@ -239,7 +240,7 @@ class CheckpointStore:
         with map_store_errors("load", self._engine.url, processor=processor):
             async with self._engine.connect() as connection:
                 rows = (await self._execute(connection, query)).all()
-        return {ShardId(row.shard_id): _checkpoint(row) for row in rows}
+        return {ShardId(row.shard_id): checkpoint_from_row(row) for row in rows}
 
     async def save(
         self, processor: str, stream_arn: str, shard_id: ShardId, sequence_number: SequenceNumber
@@ -271,7 +272,7 @@ class CheckpointStore:
         with map_store_errors("list", self._engine.url, processor=processor):
             async with self._engine.connect() as connection:
                 rows = (await self._execute(connection, query)).all()
-        return [_checkpoint(row) for row in rows]
+        return [checkpoint_from_row(row) for row in rows]
 
     async def _update(
         self,
