@@ -491,3 +491,31 @@ class TestParallelization:
         # ... but the checkpoint never passes the record still being retried.
         assert checkpoint.sequence_number is not None
         assert int(checkpoint.sequence_number) < poison_seq
+
+
+class TestReadAhead:
+    """With a backlog the next page is fetched during delivery; faults there lose nothing."""
+
+    @pytest.mark.parametrize(
+        "code", ["ExpiredIteratorException", "LimitExceededException", "InternalServerError"]
+    )
+    async def test_backlog_with_faults_exactly_once(
+        self, tmp_path: Path, server: StreamsServer, sqlite_url: str, code: str
+    ) -> None:
+        stream = server.create_stream("Orders")
+        [shard] = stream.shard_ids
+        stream.put_many(shard, 4500)
+        handler, out = recording_handler(tmp_path)
+        settings = settings_for(
+            tmp_path,
+            endpoint_url=server.endpoint_url,
+            store_url=sqlite_url,
+            processors=processor_yaml(handler, stream.arn, extra="batch_size: 700"),
+        )
+        server.fail("GetRecords", code, times=None)
+        async with running(settings):
+            await wait_until(lambda: server.calls["GetRecords"] >= 3, what="faults hit")
+            server.clear_faults()
+            server.fail("GetRecords", code, times=2)  # some more, mid-backlog
+            await wait_until(lambda: len(read_jsonl(out)) >= 4500, what="the backlog")
+        assert seqs(out) == shard_seqs(stream, shard)

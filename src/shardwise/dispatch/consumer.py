@@ -97,6 +97,14 @@ class ConsumerSettings:
     max_poll_interval_s: float = 3.0
 
 
+async def _discard(prefetch: asyncio.Future[RecordPage]) -> None:
+    """Cancel a read-ahead nobody will use; its outcome (page or error) is dropped."""
+    prefetch.cancel()
+    await asyncio.wait([prefetch])
+    if not prefetch.cancelled():
+        prefetch.exception()  # retrieved: the records are read again from the checkpoint
+
+
 # Empty polls at full speed before an idle shard starts to back off (about one second).
 IDLE_POLLS_AT_FULL_SPEED = 4
 
@@ -185,31 +193,41 @@ class ShardConsumer:
             raise
 
     async def _run(self) -> ShardOutcome:
-        while not self._stop.is_set():
-            started = time.monotonic()
-            try:
-                page = await self._read()
-            except SourceError as exc:
-                outcome = await self._on_source_error(exc)
-                if outcome is not None:
-                    return outcome
-                continue
-            self._api_failures = 0
-            closed = page.next_iterator is None
-            self._iterator = page.next_iterator
-            if not await self._accept(page) or not await self._deliver_ready(flush=closed):
-                self._progress.released(self._shard_id, self._pending())
-                return ShardOutcome.STOPPED
-            if not await self._checkpoint_filtered_tail():
-                return ShardOutcome.STOPPED
-            if closed:
-                if self._lanes is not None and not await self._lanes.drain():
+        prefetch: asyncio.Future[RecordPage] | None = None
+        try:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                try:
+                    page = await (prefetch if prefetch is not None else self._read())
+                except SourceError as exc:
+                    prefetch = None
+                    outcome = await self._on_source_error(exc)
+                    if outcome is not None:
+                        return outcome
+                    continue
+                prefetch = None
+                self._api_failures = 0
+                closed = page.next_iterator is None
+                self._iterator = page.next_iterator
+                if not closed and len(page.records) >= MAX_RECORDS_PER_CALL:
+                    # A backlog: fetch the next page while this one is being delivered.
+                    prefetch = asyncio.ensure_future(self._read())
+                if not await self._accept(page) or not await self._deliver_ready(flush=closed):
+                    self._progress.released(self._shard_id, self._pending())
                     return ShardOutcome.STOPPED
-                finished = await self._finish()
-                return ShardOutcome.FINISHED if finished else ShardOutcome.STOPPED
-            if await sleep_or_stop(self._stop, self._pause_s(started, page)):
-                break
-        return ShardOutcome.STOPPED
+                if not await self._checkpoint_filtered_tail():
+                    return ShardOutcome.STOPPED
+                if closed:
+                    if self._lanes is not None and not await self._lanes.drain():
+                        return ShardOutcome.STOPPED
+                    finished = await self._finish()
+                    return ShardOutcome.FINISHED if finished else ShardOutcome.STOPPED
+                if await sleep_or_stop(self._stop, self._pause_s(started, page)):
+                    break
+            return ShardOutcome.STOPPED
+        finally:
+            if prefetch is not None:
+                await _discard(prefetch)
 
     # -- reading ---------------------------------------------------------------------------
 
