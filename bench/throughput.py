@@ -295,13 +295,13 @@ async def _one_layout(
             timed = await shardwise(
                 server, url, name + "a", plan.total, raw=False, timeout_s=plan.timeout_s
             )
-            what = f"shardwise supervisor ({store}), {label}"
+            what = f"shardwise, aiobotocore ({store}), {label}"
             result.add(_figure(what, timed, baseline, Target("ratio", ">=", 5.0)))
             result.add(_figure(what, timed, ceiling, Target("ratio", ">=", 0.6)))
             timed = await shardwise(
                 server, url, name + "r", plan.total, raw=True, timeout_s=plan.timeout_s
             )
-            what = f"shardwise raw source ({store}), {label}"
+            what = f"shardwise, raw default ({store}), {label}"
             result.add(_figure(what, timed, baseline, Target("ratio", ">=", 5.0)))
             result.add(_figure(what, timed, ceiling, Target("ratio", ">=", 0.6)))
 

@@ -30,6 +30,7 @@ from sqlalchemy import (
     false,
     select,
     true,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -45,6 +46,8 @@ __all__ = ["LeaseTable", "Renewal", "Snapshot", "Taken"]
 
 _ROW = checkpoints.c
 _NEXT = _ROW.lease_counter + 1
+# Leases renewed by one statement.
+RENEW_CHUNK = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,15 +183,27 @@ class LeaseTable:
                     )
                     new_leader = post.scalar()
                 await self._heartbeat(connection)
-                for shard_id in sorted(leases):
+                held = sorted(leases)
+                # One compare-and-set statement per chunk of leases, not one per lease: a
+                # worker holding 1000 shards renews them in two statements.
+                for start in range(0, len(held), RENEW_CHUNK):
+                    chunk = held[start : start + RENEW_CHUNK]
                     statement = (
                         update(checkpoints)
-                        .where(self._fence(shard_id, leases[shard_id]))
+                        .where(
+                            self._rows,
+                            _ROW.owner == self.worker_id,
+                            tuple_(_ROW.shard_id, _ROW.lease_counter).in_(
+                                [(shard_id, leases[shard_id]) for shard_id in chunk]
+                            ),
+                        )
                         .values(lease_counter=_NEXT)
-                        .returning(_ROW.lease_counter, _ROW.handoff_to)
+                        .returning(_ROW.shard_id, _ROW.lease_counter, _ROW.handoff_to)
                     )
-                    row = (await connection.execute(statement)).first()
-                    renewed[shard_id] = None if row is None else (int(row[0]), row[1])
+                    rows = await connection.execute(statement)
+                    done = {row[0]: (int(row[1]), row[2]) for row in rows}
+                    for shard_id in chunk:
+                        renewed[shard_id] = done.get(shard_id)
         return Renewal(leases=renewed, leader=new_leader)
 
     async def release(
