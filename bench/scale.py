@@ -216,7 +216,7 @@ async def run(plan: ScalePlan, workdir: Path) -> CaseResult:
             note=f"{bare.calls_per_s:.0f} calls/s, {10 * cpu_per_call:.3f} ms CPU per call",
         )
     )
-    for name, raw in (("supervisor", False), ("raw source", True)):
+    for name, raw in (("shardwise, aiobotocore", False), ("shardwise, raw default", True)):
         with (
             counting_events("shardwise.leases", "lease lost") as leases_lost,
             streams_process(*shards) as server,
