@@ -114,6 +114,7 @@ async def serve(settings: Settings, *, config_path: Path | None = None) -> None:
         started=supervisor.started,
         stopping=supervisor.stop_event,
         max_checkpoint_stall_s=settings.health.max_checkpoint_stall_seconds,
+        failed=supervisor.failed,
     ):
         await supervisor.run()
 

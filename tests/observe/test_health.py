@@ -328,3 +328,27 @@ class TestAgainstSupervisor:
                 await opened[0].close()
                 body = await eventually(port, "/readyz", 503)
                 assert body["checks"]["store"].startswith("unreachable: <CheckpointStore sqlite")
+
+
+class TestFailedProcessors:
+    """A processor that failed on its own (after a reload) makes liveness fail, by name."""
+
+    async def test_failed_processor_is_reported(self) -> None:
+        settings = parse_config(
+            "processors: [{name: p, source: {dynamodb: {table: Orders}}, "
+            "handler: 'm:h', starting_position: LATEST}]"
+        )
+        failed: dict[str, str] = {}
+        server = ObserveServer(
+            settings,
+            {},
+            store=None,
+            started=asyncio.Event(),
+            max_checkpoint_stall_s=60,
+            failed=failed,
+        )
+        assert server.liveness().healthy
+        failed["audit"] = "StreamNotFoundError: stream Nope does not exist"
+        report = server.liveness()
+        assert not report.healthy
+        assert any("processor audit failed" in problem for problem in report.problems)

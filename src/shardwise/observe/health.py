@@ -135,8 +135,11 @@ class ObserveServer:
         max_loop_lag_s: float = MAX_LOOP_LAG_S,
         loop_tick_s: float = LOOP_TICK_S,
         ping_timeout_s: float = PING_TIMEOUT_S,
+        failed: Mapping[str, str] | None = None,
     ) -> None:
         self._settings = settings
+        # Processors that failed on their own (started by a reload): name -> error.
+        self._failed = failed if failed is not None else {}
         self._progress = progress
         self._store = store
         self._started = started
@@ -251,6 +254,9 @@ class ObserveServer:
                 dead.append(f"task {name} was cancelled")
             elif (error := task.exception()) is not None:
                 dead.append(f"task {name} died: {type(error).__name__}: {error}")
+        dead.extend(
+            f"processor {name} failed: {error}" for name, error in sorted(self._failed.items())
+        )
         return dead
 
     async def _ping_store(self) -> tuple[bool, str]:
