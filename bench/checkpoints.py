@@ -44,6 +44,14 @@ class _Checkpointer:
     async def finish(self, shard_id: ShardId, sequence_number: SequenceNumber | None) -> None:
         await self._store.finish(self._processor, self._arn, shard_id, sequence_number)
 
+    async def save_window(
+        self, shard_id: ShardId, sequence_number: SequenceNumber | None, window_state: str | None
+    ) -> None:
+        raise NotImplementedError("this benchmark runs without tumbling windows")
+
+    async def window_state(self) -> str | None:
+        return None  # no tumbling windows here
+
 
 async def statements_per_batch(
     server: StreamsServer, store_url: str, records: int, batch_size: int

@@ -188,13 +188,16 @@ class TestGetEventSourceMapping:
     def test_new_settings_are_written_and_flagged(self) -> None:
         output = esm_to_processor_yaml(json.dumps(GET_ESM))
         processor = yaml.safe_load(output)["processors"][0]
-        assert processor["parallelization_factor"] == 4
+        # A tumbling window runs with one lane: the factor of 4 is written as 1, and said so.
+        assert processor["parallelization_factor"] == 1
+        assert "was 4" in comment_of(output, "parallelization_factor")
         assert processor["tumbling_window_in_seconds"] == 120
         assert processor["filter_criteria"] == {
             "filters": [{"pattern": INSERTS}, {"pattern": SHIPPED}]
         }
-        assert "not supported by shardwise yet" in comment_of(output, "parallelization_factor")
-        assert "not supported by shardwise yet" in comment_of(output, "tumbling_window_in_seconds")
+        without_window = {**GET_ESM, "TumblingWindowInSeconds": 0}
+        lanes = yaml.safe_load(esm_to_processor_yaml(json.dumps(without_window)))
+        assert lanes["processors"][0]["parallelization_factor"] == 4
 
     def test_defaults_of_new_settings_are_not_flagged(self) -> None:
         mapping = {**GET_ESM, "ParallelizationFactor": 1, "TumblingWindowInSeconds": 0}

@@ -343,6 +343,8 @@ class ProcessorConfig(_Model):
     """MaximumRecordAgeInSeconds: older records skip the handler and go to the destination."""
     destination_config: DestinationConfig | None = None
     """DestinationConfig.OnFailure: where exhausted or too-old records are sent."""
+    tumbling_window_in_seconds: Int = Field(default=0, ge=0, le=900)
+    """TumblingWindowInSeconds: stateful windows of this length; 0 turns them off."""
     parallelization_factor: Int = Field(default=1, ge=1, le=10)
     """ParallelizationFactor: batches of one shard in flight at once (one item stays in order)."""
     payload_limit_bytes: Int = Field(default=6 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
@@ -351,6 +353,15 @@ class ProcessorConfig(_Model):
     """FilterCriteria: records matching no filter are consumed without invoking the handler."""
     max_poll_interval_seconds: Seconds = Field(default=3.0, ge=0.25, le=300)
     """Longest pause between GetRecords calls on an idle shard (4 polls/s while busy)."""
+
+    @model_validator(mode="after")
+    def _windows_need_one_lane(self) -> ProcessorConfig:
+        if self.tumbling_window_in_seconds and self.parallelization_factor > 1:
+            raise ValueError(
+                "tumbling_window_in_seconds needs parallelization_factor 1 "
+                "(a window's state follows the shard's order)"
+            )
+        return self
 
     @property
     def reports_batch_item_failures(self) -> bool:

@@ -42,10 +42,9 @@ _SETTINGS = {  # ESM parameter -> processor key, copied as they are
     "ParallelizationFactor": "parallelization_factor",
     "TumblingWindowInSeconds": "tumbling_window_in_seconds",
 }
-_NOT_YET = {  # ESM parameter -> (the value shardwise runs as today, flag for any other)
-    "ParallelizationFactor": (1, "not supported by shardwise yet: one batch per shard at a time"),
-    "TumblingWindowInSeconds": (0, "not supported by shardwise yet: no tumbling windows"),
-}
+# shardwise runs tumbling windows with one batch per shard in flight (a window's state
+# follows the shard's order), so with a window the factor is written as 1 and flagged.
+_ONE_LANE_FOR_WINDOWS = "shardwise runs tumbling windows with parallelization_factor 1"
 _READ = set(  # read into other keys, or facts about the mapping rather than settings
     "EventSourceArn FunctionArn FunctionName State Enabled DestinationConfig FilterCriteria UUID "
     "EventSourceMappingArn LastModified LastProcessingResult StateTransitionReason".split()
@@ -202,11 +201,13 @@ def _processor(mapping: _Mapping, name: str, handler: str | None, res: dict[str,
     lines += _source(props["EventSourceArn"], res)
     if "StartingPosition" not in props:
         lines.append("    starting_position: TRIM_HORIZON  # CHANGE_ME: StartingPosition not given")
+    windows = props.get("TumblingWindowInSeconds") not in (None, 0)
     for esm_key, key in _SETTINGS.items():
         if esm_key in props:
             value, how = _value(props[esm_key])
-            fine, flag = _NOT_YET.get(esm_key, (props[esm_key], ""))
-            flag = f" -- {flag}" if props[esm_key] != fine else ""
+            flag = ""
+            if esm_key == "ParallelizationFactor" and windows and props[esm_key] != 1:
+                value, flag = "1", f" was {value} -- {_ONE_LANE_FOR_WINDOWS}"
             lines.append(f"    {key}: {value}  # {esm_key}{how}{flag}")
     if "Enabled" in props:
         lines.append(f"    enabled: {_value(props['Enabled'])[0]}  # Enabled")

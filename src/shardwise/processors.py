@@ -79,6 +79,9 @@ class Processor(Protocol):
     async def invoke(self, batch: Batch) -> Any:
         """Run the handler on one batch; return what it returned, raise what it raised."""
 
+    async def invoke_event(self, event: dict[str, Any], shard_id: str) -> Any:
+        """Run the handler on a ready-made event (tumbling windows add their fields)."""
+
     async def stop(self) -> None: ...
 
 
@@ -152,15 +155,24 @@ class _TimedProcessor:
         self._timeout_s = timeout_s
         self._runner = _Runner(name)
 
-    def context_for(self, batch: Batch) -> LambdaContext:
+    async def invoke(self, batch: Batch) -> Any:
+        return await self.invoke_event(batch.event(), batch.shard_id)
+
+    async def invoke_event(self, event: dict[str, Any], shard_id: str) -> Any:
+        return await self._call_with_timeout(self._target(), event, self.context_for(shard_id))
+
+    def _target(self) -> Callable[..., Any]:
+        raise NotImplementedError
+
+    def context_for(self, shard_id: str) -> LambdaContext:
         return LambdaContext(
             function_name=self.name,
             invoked_function_arn=self.function_arn,
             aws_request_id=str(uuid.uuid4()),
             deadline_monotonic=time.monotonic() + self._timeout_s,
             log_group_name=f"/shardwise/{self.name}",
-            log_stream_name=batch.shard_id,
-            shard_id=batch.shard_id,
+            log_stream_name=shard_id,
+            shard_id=shard_id,
         )
 
     async def _call_with_timeout(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -185,8 +197,8 @@ class FunctionProcessor(_TimedProcessor):
     async def start(self) -> None:
         return None
 
-    async def invoke(self, batch: Batch) -> Any:
-        return await self._call_with_timeout(self._handler, batch.event(), self.context_for(batch))
+    def _target(self) -> Callable[..., Any]:
+        return self._handler
 
     async def stop(self) -> None:
         self._runner.close()
@@ -208,10 +220,8 @@ class ClassProcessor(_TimedProcessor):
         if callable(setup):
             await self._runner.call(setup)
 
-    async def invoke(self, batch: Batch) -> Any:
-        return await self._call_with_timeout(
-            self._instance.process, batch.event(), self.context_for(batch)
-        )
+    def _target(self) -> Callable[..., Any]:
+        return self._instance.process  # type: ignore[no-any-return]
 
     async def stop(self) -> None:
         teardown = getattr(self._instance, "teardown", None)

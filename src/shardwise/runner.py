@@ -72,6 +72,7 @@ def consumer_settings(config: ProcessorConfig) -> ConsumerSettings:
         on_trimmed_data=config.on_trimmed_data,
         max_poll_interval_s=config.max_poll_interval_seconds,
         parallelization_factor=config.parallelization_factor,
+        tumbling_window_s=config.tumbling_window_in_seconds,
         record_filter=_record_filter(config),
         policy=FailurePolicy(
             maximum_retry_attempts=config.maximum_retry_attempts,

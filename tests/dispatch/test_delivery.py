@@ -62,6 +62,9 @@ class ScriptedHandler:
     async def stop(self) -> None:
         return None
 
+    async def invoke_event(self, event: dict[str, Any], shard_id: str) -> Any:
+        return await self.invoke(Batch(ARN, ShardId(shard_id), event["Records"]))
+
     async def invoke(self, batch: Batch) -> Any:
         seqs = [seq(r) for r in batch.records]
         self.invocations.append(seqs)

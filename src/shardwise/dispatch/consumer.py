@@ -33,6 +33,7 @@ from shardwise.dispatch.batcher import Batcher
 from shardwise.dispatch.delivery import Delivery, FailurePolicy
 from shardwise.dispatch.filters import RecordFilter
 from shardwise.dispatch.lanes import Lanes
+from shardwise.dispatch.windows import OpenWindow, WindowedDelivery
 from shardwise.errors import (
     ExpiredIteratorError,
     ShardNotFoundError,
@@ -71,6 +72,14 @@ class Checkpointer(Protocol):
 
     async def save(self, shard_id: ShardId, sequence_number: SequenceNumber) -> None: ...
 
+    async def save_window(
+        self, shard_id: ShardId, sequence_number: SequenceNumber | None, window_state: str | None
+    ) -> None:
+        """The checkpoint (None: unchanged) and the open tumbling window, in one write."""
+
+    async def window_state(self) -> str | None:
+        """The open tumbling window stored with the checkpoint."""
+
     async def finish(self, shard_id: ShardId, sequence_number: SequenceNumber | None) -> None: ...
 
 
@@ -86,6 +95,8 @@ class ConsumerSettings:
     window_s: float
     on_trimmed_data: Literal["trim_horizon", "stop"] = "trim_horizon"
     policy: FailurePolicy = field(default_factory=FailurePolicy)
+    # TumblingWindowInSeconds: 0 = no windows.
+    tumbling_window_s: int = 0
     # ParallelizationFactor: batches of one shard in flight at once, one lane per key hash.
     parallelization_factor: int = 1
     # FilterCriteria: records matching no filter are consumed without an invocation.
@@ -155,6 +166,7 @@ class ShardConsumer:
             progress=progress,
         )
         self._lanes: Lanes | None = None
+        self._windows: WindowedDelivery | None = None
         self._iterator: str | None = None
         self._last_read: SequenceNumber | None = start.after
         self._checkpointed: SequenceNumber | None = start.after
@@ -167,6 +179,19 @@ class ShardConsumer:
         structlog.contextvars.bind_contextvars(shard=self._shard_id)
         log.info("shard started", position=self._start.describe())
         factor = self._settings.parallelization_factor
+        if self._settings.tumbling_window_s:
+            self._windows = WindowedDelivery(
+                processor=self._processor,
+                shard_id=self._shard_id,
+                stream_arn=self._source.stream_arn,
+                size_s=self._settings.tumbling_window_s,
+                maximum_retry_attempts=self._settings.policy.maximum_retry_attempts,
+                save=self._save_window,
+                hand_over=self._delivery.hand_over,
+                stop=self._stop,
+                progress=self._progress,
+                window=OpenWindow.decode(await self._checkpointer.window_state()),
+            )
         if factor == 1:
             return await self._run()
         try:
@@ -337,11 +362,14 @@ class ShardConsumer:
     async def _deliver_ready(self, *, flush: bool) -> bool:
         if self._lanes is not None:
             return await self._lanes.dispatch(flush=flush)
+        deliver = self._windows.deliver if self._windows else self._delivery.deliver
         for batch in self._batcher.take(time.monotonic(), flush=flush):
             if self._stop.is_set():
                 return False  # not started: it is read again after the restart
-            if not await self._delivery.deliver(batch):
+            if not await deliver(batch):
                 return False
+        if self._windows is not None and not len(self._batcher):
+            return await self._windows.tick()  # a window whose end has passed is closed
         return True
 
     async def _write(self, what: str, write: Callable[[], Awaitable[None]]) -> bool:
@@ -371,6 +399,29 @@ class ShardConsumer:
         ):
             return False
         self._checkpointed = last
+        return True
+
+    async def _save_window(
+        self, sequence: SequenceNumber | None, window_state: str | None, run: Batch | None
+    ) -> bool:
+        """Tumbling windows: the checkpoint and the window state in one write."""
+        started = time.monotonic()
+        save = self._checkpointer.save_window
+        if not await self._write(
+            "checkpoint", lambda: save(self._shard_id, sequence, window_state)
+        ):
+            return False
+        if sequence is not None:
+            self._checkpointed = sequence
+        if run is not None:
+            created = run.records[-1]["dynamodb"].get("ApproximateCreationDateTime")
+            self._progress.checkpointed(
+                self._shard_id,
+                run.last_sequence_number,
+                len(run),
+                float(created) if isinstance(created, int | float) else None,
+                time.monotonic() - started,
+            )
         return True
 
     async def _lane_commit(self, mark: SequenceNumber | None, part: Batch | None) -> bool:

@@ -122,7 +122,7 @@ class Delivery:
         expired = self._expired_prefix(batch.records, segment.start, segment.end)
         if expired:
             failed = self._failed(batch, segment, expired, FailureCondition.RECORD_AGE_EXCEEDED)
-            if not await self._hand_over(failed):
+            if not await self.hand_over(failed):
                 return False
             planner.discard_prefix(expired)
             return True
@@ -158,7 +158,7 @@ class Delivery:
         condition: FailureCondition,
         error: str | None,
     ) -> bool:
-        if not await self._hand_over(self._failed(batch, segment, len(segment), condition, error)):
+        if not await self.hand_over(self._failed(batch, segment, len(segment), condition, error)):
             return False
         planner.give_up()
         return True
@@ -251,7 +251,7 @@ class Delivery:
             error_message=error,
         )
 
-    async def _hand_over(self, failed: FailedBatch) -> bool:
+    async def hand_over(self, failed: FailedBatch) -> bool:
         """Store given-up records in the destination (retrying), or drop and count them."""
         where = {
             "condition": failed.condition.value,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from shardwise.errors import LeaseLostError
-from shardwise.leases.table import LeaseTable
+from shardwise.leases.table import KEEP, LeaseTable, _Keep
 from shardwise.records import Position, SequenceNumber, ShardId
 
 __all__ = ["FencedCheckpointer", "LeaderLease", "Lease", "LossReason", "to_completion"]
@@ -91,14 +91,29 @@ class FencedCheckpointer:
         self._gone = gone
 
     async def save(self, shard_id: ShardId, sequence_number: SequenceNumber) -> None:
+        await self.save_window(shard_id, sequence_number, KEEP)
+
+    async def save_window(
+        self,
+        shard_id: ShardId,
+        sequence_number: SequenceNumber | None,
+        window_state: str | _Keep | None,
+    ) -> None:
+        """Checkpoint (if ``sequence_number``) and the open tumbling window, in one write."""
         lease = self._require(shard_id, "checkpoint")
         async with lease.lock:
             self._check(lease, "checkpoint")
             try:
-                await self._table.save(shard_id, lease.counter, sequence_number)
+                await self._table.save(
+                    shard_id, lease.counter, sequence_number, window_state=window_state
+                )
             except LeaseLostError:
                 self._lose(lease, LossReason.TAKEN)
                 raise
+
+    async def window_state(self) -> str | None:
+        """The open tumbling window stored with this lease's checkpoint."""
+        return await self._table.window_state(self._lease.shard_id)
 
     async def finish(self, shard_id: ShardId, sequence_number: SequenceNumber | None) -> None:
         lease = self._require(shard_id, "finish")

@@ -46,6 +46,13 @@ __all__ = ["LeaseTable", "Renewal", "Snapshot", "Taken"]
 
 _ROW = checkpoints.c
 _NEXT = _ROW.lease_counter + 1
+
+
+class _Keep:
+    """Marker: leave a column as it is."""
+
+
+KEEP = _Keep()
 # Leases renewed by one statement.
 RENEW_CHUNK = 500
 
@@ -225,11 +232,33 @@ class LeaseTable:
                         .values(owner=None, owner_since=None, lease_counter=_NEXT)
                     )
 
-    async def save(self, shard_id: ShardId, counter: int, sequence_number: SequenceNumber) -> None:
+    async def save(
+        self,
+        shard_id: ShardId,
+        counter: int,
+        sequence_number: SequenceNumber | None,
+        *,
+        window_state: str | _Keep | None = KEEP,
+    ) -> None:
         """Checkpoint, fenced: raise ``LeaseLostError`` unless the lease is still ours at
-        ``counter`` (which stays as it is)."""
-        values = {"sequence_number": sequence_number}
+        ``counter`` (which stays as it is). ``window_state`` (tumbling windows) is written in
+        the same statement; by default it is left as it is."""
+        values: dict[str, object] = {}
+        if sequence_number is not None:
+            values["sequence_number"] = sequence_number
+        if not isinstance(window_state, _Keep):
+            values["window_state"] = window_state
         await self._fenced("checkpoint", shard_id, counter, values)
+
+    async def window_state(self, shard_id: ShardId) -> str | None:
+        """The open tumbling window stored with the shard's checkpoint, if any."""
+        with self._errors("read window state"):
+            async with self._engine.connect() as connection:
+                result = await connection.execute(
+                    select(_ROW.window_state).where(self._shard(shard_id))
+                )
+                value = result.scalar()
+        return None if value is None else str(value)
 
     async def finish(
         self, shard_id: ShardId, counter: int, sequence_number: SequenceNumber | None

@@ -89,6 +89,9 @@ checkpoints = Table(
     Column("lease_counter", BigInteger(), nullable=False, server_default=text("0")),
     Column("owner_since", UTCDateTime(), nullable=True),
     Column("handoff_to", String(200), nullable=True),
+    # The open tumbling window (migration 0004): JSON {"start", "state"}, written together
+    # with the checkpoint it belongs to; NULL when no window is open.
+    Column("window_state", Text(), nullable=True),
     PrimaryKeyConstraint("processor", "stream_arn", "shard_id"),
 )
 
