@@ -320,3 +320,19 @@ async def wait_until_async(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         await asyncio.sleep(0.1)
+
+
+class TestPerShardCalls:
+    """GetRecords calls per shard, so calls/s per shard is a PromQL rate away."""
+
+    def test_counter_per_shard(self) -> None:
+        progress = ProcessorProgress("orders")
+        for _ in range(3):
+            progress.polled(ShardId("shard-a"), 0)
+        progress.polled(ShardId("shard-b"), 2)
+        samples = parse(
+            render(build_registry({"orders": progress}, process_metrics=False))[0].decode()
+        )
+        calls = "shardwise_shard_get_records_calls_total"
+        assert value(samples, calls, processor="orders", shard="shard-a") == 3
+        assert value(samples, calls, processor="orders", shard="shard-b") == 1

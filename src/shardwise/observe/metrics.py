@@ -23,7 +23,8 @@ half-applied event. Series, all labelled ``processor`` (per-shard ones also ``sh
   ``shardwise_checkpoint_duration_seconds``.
 * Shards: ``shardwise_shards_owned`` / ``shardwise_shards_finished``, and per shard being
   read ``shardwise_shard_iterator_age_seconds``, ``shardwise_shard_records_pending``,
-  ``shardwise_shard_checkpoint_stall_seconds``, ``shardwise_shard_seconds_since_checkpoint``.
+  ``shardwise_shard_checkpoint_stall_seconds``, ``shardwise_shard_seconds_since_checkpoint``,
+  ``shardwise_shard_get_records_calls_total``.
 * The worker: ``shardwise_build_info{version}``, ``shardwise_event_loop_lag_seconds`` (with
   the health server), and prometheus-client's ``process_*`` and ``python_info``.
 
@@ -193,6 +194,11 @@ class ProgressCollector(Collector):
                 ),
             )
         }
+        calls = CounterMetricFamily(
+            "shardwise_shard_get_records_calls",
+            "GetRecords calls on the shard (rate: calls/s per shard, billed per request).",
+            labels=SHARD,
+        )
         for processor, progress in processors:
             age = progress.iterator_age_s(now)
             gauges["shardwise_iterator_age_seconds"].add_metric([processor], max(0.0, age or 0.0))
@@ -206,6 +212,7 @@ class ProgressCollector(Collector):
                 shard_age = 0.0 if created is None else max(0.0, now - created)
                 gauges["shardwise_shard_iterator_age_seconds"].add_metric(labels, shard_age)
                 gauges["shardwise_shard_records_pending"].add_metric(labels, shard.pending)
+                calls.add_metric(labels, shard.get_records_calls)
                 gauges["shardwise_shard_checkpoint_stall_seconds"].add_metric(
                     labels, shard.stalled_s(now_monotonic)
                 )
@@ -213,6 +220,7 @@ class ProgressCollector(Collector):
                     since = now_monotonic - shard.checkpointed_at_monotonic
                     gauges["shardwise_shard_seconds_since_checkpoint"].add_metric(labels, since)
         yield from gauges.values()
+        yield calls
 
 
 class _Constant(Collector):

@@ -70,6 +70,8 @@ class ShardProgress:
     checkpointed_at_monotonic: float | None = None
     # Records read but not yet checkpointed: waiting for the handler or the window.
     pending: int = 0
+    # GetRecords calls on this shard (their rate is the shard's calls/s).
+    get_records_calls: int = 0
     # When ``pending`` last went from 0 to more: with the checkpoint time, how long the
     # shard has had work it did not get through.
     pending_since_monotonic: float | None = None
@@ -129,6 +131,7 @@ class ProcessorProgress:
         self.get_records_calls += 1
         self.records_read += records
         shard = self.shard(shard_id)
+        shard.get_records_calls += 1
         if records and shard.pending == 0:
             shard.pending_since_monotonic = time.monotonic()
         shard.pending += records
