@@ -128,6 +128,7 @@ class ProcessorRunner:
         self._consumers: dict[ShardId, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._synced = False
+        self._first_listing: ShardListing | None = None
 
     async def run(self) -> None:
         structlog.contextvars.bind_contextvars(processor=self.config.name)
@@ -156,6 +157,7 @@ class ProcessorRunner:
 
     async def _check_stream(self) -> None:
         listing = await self._describe()
+        self._first_listing = listing  # the leader's first sync uses it: no second listing
         if listing is not None and not listing.enabled:
             raise StreamNotFoundError(
                 f"processor {self.config.name}: stream {self._source.stream_arn} is "
@@ -166,7 +168,9 @@ class ProcessorRunner:
     async def _sync_until_stopped(self, tasks: asyncio.TaskGroup) -> None:
         while not self._stop.is_set():
             if self._leases.is_sync_leader():
-                listing = await self._describe()
+                listing, self._first_listing = self._first_listing, None
+                if listing is None:
+                    listing = await self._describe()
                 if listing is None:
                     return
                 if not listing.enabled:
@@ -177,6 +181,7 @@ class ProcessorRunner:
                     await self._leases.take_once(
                         lambda lease: self._start(lease, tasks), stop=self._stop
                     )
+            self._first_listing = None  # only fresh at start; later syncs list again
             await self._wait_for_next_sync()
 
     async def _wait_for_next_sync(self) -> None:
