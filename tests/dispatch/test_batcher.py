@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import random
+
 import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
 from shardwise.dispatch.batcher import Batcher
-from shardwise.dispatch.consumer import IDLE_POLLS_AT_FULL_SPEED, idle_poll_interval
+from shardwise.dispatch.consumer import (
+    IDLE_POLL_GRID_S,
+    IDLE_POLLS_AT_FULL_SPEED,
+    idle_poll_interval,
+    on_poll_grid,
+)
 from shardwise.records import ShardId, StreamRecord
 
 ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/T/stream/2026-01-01T00:00:00.000"
@@ -101,6 +108,27 @@ class TestIdlePolling:
             elapsed += interval
             n += 1
         assert calls / 60 <= 0.4
+
+    @given(
+        delay=st.floats(min_value=0.0, max_value=30.0),
+        now=st.floats(min_value=0.0, max_value=1e7),
+    )
+    def test_wake_ups_end_on_the_shared_grid(self, delay: float, now: float) -> None:
+        stretched = on_poll_grid(delay, now)
+        assert delay - 1e-6 <= stretched < delay + IDLE_POLL_GRID_S + 1e-6
+        lines = (now + stretched) / IDLE_POLL_GRID_S
+        assert abs(lines - round(lines)) < 1e-3
+
+    def test_idle_shards_wake_together(self) -> None:
+        """1000 backed-off shards polled at random moments wake on few distinct instants:
+        one turn of the event loop serves many of them."""
+        rng = random.Random(7)
+        wakes = set()
+        for _ in range(1000):
+            now = 1000.0 + rng.uniform(0, 3)
+            delay = idle_poll_interval(40, 0.25, 3.0)
+            wakes.add(round(now + on_poll_grid(delay, now), 6))
+        assert len(wakes) <= 66  # 6.6 s of possible wake-ups / 0.1 s
 
 
 class TestPayloadLimit:

@@ -20,11 +20,14 @@ from shardwise.config import AwsConfig
 from shardwise.errors import ConfigError, SourceError
 from shardwise.records import ShardId
 from shardwise.sources.dynamodb_raw import (
+    AiohttpTransport,
     RawDynamoDBStreamsSource,
     RawStreamsClient,
+    Transport,
     open_raw_client,
     proxy_for,
 )
+from shardwise.sources.http import HttpPool
 
 ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/Raw/stream/2024-01-01T00:00:00.000"
 EMPTY_PAGE = b'{"Records":[],"NextShardIterator":"next"}'
@@ -72,9 +75,25 @@ async def serve() -> AsyncIterator[Callable[[Endpoint], Awaitable[str]]]:
         await runner.cleanup()
 
 
-def raw_client(url: str, credentials: Any, *, limit: int = 8) -> RawStreamsClient:
-    http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit))
-    return RawStreamsClient(http, endpoint_url=url, region="us-east-1", credentials=credentials)
+RawClient = Callable[..., RawStreamsClient]
+
+
+@pytest.fixture(params=["pool", "aiohttp"])
+def raw_client(request: pytest.FixtureRequest) -> RawClient:
+    """Makes clients over each transport: the keep-alive pool (direct) and aiohttp
+    (the one used behind a proxy)."""
+
+    def make(url: str, credentials: Any, *, limit: int = 8) -> RawStreamsClient:
+        endpoint = url.rstrip("/") + "/"
+        http: Transport
+        if request.param == "pool":
+            http = HttpPool(endpoint, max_connections=limit, connect_timeout_s=5, read_timeout_s=5)
+        else:
+            session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit))
+            http = AiohttpTransport(endpoint, session)
+        return RawStreamsClient(http, endpoint_url=url, region="us-east-1", credentials=credentials)
+
+    return make
 
 
 def signature_of(url: str, headers: dict[str, str], body: bytes, secret: str) -> str:
@@ -95,7 +114,7 @@ class TestSigning:
     """Requests carry a SigV4 signature over exactly the headers and body that were sent."""
 
     async def test_signature_covers_what_was_sent(
-        self, serve: Callable[[Endpoint], Awaitable[str]]
+        self, serve: Callable[[Endpoint], Awaitable[str]], raw_client: RawClient
     ) -> None:
         endpoint = Endpoint()
         url = await serve(endpoint)
@@ -115,7 +134,7 @@ class TestSigning:
         assert signature_of(url, headers, body, "secret-key") == expected
 
     async def test_refreshable_credentials_are_refreshed(
-        self, serve: Callable[[Endpoint], Awaitable[str]]
+        self, serve: Callable[[Endpoint], Awaitable[str]], raw_client: RawClient
     ) -> None:
         endpoint = Endpoint()
         url = await serve(endpoint)
@@ -154,7 +173,7 @@ class TestSigning:
         assert signature_of(url, headers, body, "new-secret") == expected
 
     async def test_no_credentials_fails_each_call(
-        self, serve: Callable[[Endpoint], Awaitable[str]]
+        self, serve: Callable[[Endpoint], Awaitable[str]], raw_client: RawClient
     ) -> None:
         endpoint = Endpoint()
         url = await serve(endpoint)
@@ -171,7 +190,7 @@ class TestConnections:
     """One bounded pool: concurrent shards never open more than ``max_connections``."""
 
     async def test_concurrency_is_bounded(
-        self, serve: Callable[[Endpoint], Awaitable[str]]
+        self, serve: Callable[[Endpoint], Awaitable[str]], raw_client: RawClient
     ) -> None:
         endpoint = Endpoint(delay_s=0.05)
         url = await serve(endpoint)
@@ -224,3 +243,47 @@ class TestOpen:
         )
         assert proxy_for("https://127.0.0.1:4566") is None
         assert proxy_for("http://streams.example") is None  # no HTTP_PROXY set
+
+    async def test_a_proxy_sends_through_aiohttp(
+        self, serve: Callable[[Endpoint], Awaitable[str]], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The keep-alive pool speaks to the endpoint directly; with a proxy configured the
+        requests go through aiohttp (which tunnels) and still reach the endpoint signed."""
+        endpoint = Endpoint()
+        url = await serve(endpoint)
+        forwarded: list[str] = []
+
+        async def forward(request: web.Request) -> web.Response:
+            # A plain HTTP proxy receives the absolute URL and passes the request on.
+            forwarded.append(str(request.url))
+            async with aiohttp.ClientSession() as session:
+                # The Host header arrives as the client set it (the endpoint's host:port).
+                headers = dict(request.headers.items())
+                async with session.post(
+                    str(request.url), data=await request.read(), headers=headers
+                ) as reply:
+                    return web.Response(body=await reply.read(), status=reply.status)
+
+        proxy_app = web.Application()
+        proxy_app.router.add_route("*", "/{tail:.*}", forward)
+        runner = web.AppRunner(proxy_app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        try:
+            monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{runner.addresses[0][1]}")
+            monkeypatch.setenv("NO_PROXY", "")
+            monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDPROXY")
+            monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "proxy-secret")
+            client = await open_raw_client(AwsConfig(region="us-east-1", endpoint_url=url))
+            async with client:
+                page = await RawDynamoDBStreamsSource(client, ARN).get_records(
+                    ShardId("shardId-1"), "iterator", 10
+                )
+        finally:
+            await runner.cleanup()
+        assert not page.records
+        assert forwarded == [url + "/"]
+        [(headers, body)] = endpoint.requests
+        expected = headers["Authorization"].rsplit("Signature=", 1)[1]
+        assert signature_of(url, headers, body, "proxy-secret") == expected

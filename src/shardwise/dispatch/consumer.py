@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -62,6 +63,7 @@ __all__ = [
     "ShardConsumer",
     "ShardOutcome",
     "idle_poll_interval",
+    "on_poll_grid",
 ]
 
 log = structlog.get_logger("shardwise.dispatch")
@@ -129,6 +131,18 @@ def idle_poll_interval(empty_polls: int, base_s: float, max_s: float) -> float:
     steps = min(empty_polls - IDLE_POLLS_AT_FULL_SPEED, 16)
     interval = min(max_s, base_s * 2.0**steps)
     return interval * random.uniform(0.9, 1.1)
+
+
+# Backed-off shards wake on a shared grid of this step (the event loop's clock), so the
+# polls of many idle shards go out, and their replies come back, in one turn of the loop
+# instead of a turn each: a third less CPU for 1000 idle shards (bench/README.md), for at
+# most this much more delay on a shard that is idle anyway.
+IDLE_POLL_GRID_S = 0.1
+
+
+def on_poll_grid(delay_s: float, now: float, grid_s: float = IDLE_POLL_GRID_S) -> float:
+    """``delay_s`` stretched by less than ``grid_s`` so that it ends on a grid line."""
+    return math.ceil((now + delay_s) / grid_s) * grid_s - now
 
 
 class ShardConsumer:
@@ -306,11 +320,13 @@ class ShardConsumer:
         interval = idle_poll_interval(
             self._empty_polls, self._settings.poll_interval_s, self._settings.max_poll_interval_s
         )
-        delay = interval - (time.monotonic() - started)
+        delay = max(0.0, interval - (time.monotonic() - started))
         due = (self._lanes or self._batcher).seconds_until_due(time.monotonic())
-        if due is not None:
-            delay = min(delay, due)
-        return max(0.0, delay)
+        if due is not None and due <= delay:
+            return max(0.0, due)  # a batching window closes first: keep its deadline
+        if self._empty_polls > IDLE_POLLS_AT_FULL_SPEED:
+            delay = on_poll_grid(delay, asyncio.get_running_loop().time())
+        return delay
 
     async def _on_source_error(self, exc: SourceError) -> ShardOutcome | None:
         """Decide what a failed API call means; None = keep going."""

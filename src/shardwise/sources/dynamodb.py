@@ -32,6 +32,7 @@ from shardwise.records import (
     ShardListing,
     StreamRecord,
 )
+from shardwise.sources.http import TransportError
 
 __all__ = [
     "MALFORMED",
@@ -79,7 +80,7 @@ def mapped_errors(operation: str, where: str, *, shard_op: bool) -> Iterator[Non
         if code in _THROTTLE_CODES or status >= 500:
             raise ThrottledError(message, code=code) from exc
         raise SourceError(message, code=code) from exc
-    except (BotoCoreError, aiohttp.ClientError, TimeoutError) as exc:
+    except (BotoCoreError, aiohttp.ClientError, TransportError, TimeoutError) as exc:
         name = type(exc).__name__
         raise SourceError(f"{operation} on {where}: {name}: {exc}", code=name) from exc
 

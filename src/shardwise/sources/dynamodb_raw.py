@@ -3,7 +3,8 @@
 ``DynamoDBStreamsSource`` reads through aiobotocore, which parses every page against the
 service model (base64 binaries decoded to bytes, creation times to datetimes) before
 ``lambda_record`` turns each record back into Lambda's shape. Here the same request is
-signed with botocore's own SigV4 signer, sent over one shared, bounded ``aiohttp`` session,
+signed as botocore signs it (``sigv4.EndpointSigner``), sent over one shared, bounded pool
+of keep-alive connections (``http.HttpPool``; through ``aiohttp`` when a proxy is set),
 and the body is decoded once with ``orjson``: a wire record already *is* Lambda's record
 but for ``eventSourceARN`` (added) and ``userIdentity``'s key names (renamed on TTL
 deletes). Binary attributes stay the base64 strings the wire has.
@@ -24,14 +25,12 @@ from __future__ import annotations
 import urllib.request
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 from aiobotocore.session import AioSession
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials, RefreshableCredentials
 from botocore.exceptions import ClientError, NoCredentialsError
 from botocore.parsers import JSONParser
@@ -41,11 +40,15 @@ from shardwise.config import AwsConfig
 from shardwise.errors import ConfigError, SourceError
 from shardwise.records import Position, RecordPage, ShardId, ShardListing, StreamRecord
 from shardwise.sources.dynamodb import MALFORMED, DynamoDBStreamsSource, mapped_errors
+from shardwise.sources.http import HttpPool, Response
+from shardwise.sources.sigv4 import EndpointSigner
 
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
+    "AiohttpTransport",
     "RawDynamoDBStreamsSource",
     "RawStreamsClient",
+    "Transport",
     "open_raw_client",
     "open_raw_source",
     "proxy_for",
@@ -60,30 +63,23 @@ READ_TIMEOUT_S: Final = 20.0
 
 _TARGET_PREFIX: Final = "DynamoDBStreams_20120810."
 _SIGNING_NAME: Final = "dynamodb"  # DynamoDB Streams signs as the dynamodb service
-_CONTENT_TYPE: Final = "application/x-amz-json-1.0"
 _ERROR_PARSER: Final = JSONParser()
 
 
 class _Signer:
-    """SigV4 with botocore's signer; static credentials are frozen once, refreshable
-    ones (assumed roles, instance profiles, SSO) are asked for a fresh copy per request,
-    which costs nothing until they are near expiry."""
+    """SigV4 for one endpoint (``EndpointSigner``, held to botocore's signer by the tests);
+    static credentials are frozen once, refreshable ones (assumed roles, instance
+    profiles, SSO) are asked for a fresh copy per request, which costs nothing until they
+    are near expiry."""
 
-    def __init__(self, credentials: Any, region: str) -> None:
+    def __init__(self, credentials: Any, url: str, region: str) -> None:
         self._credentials = credentials
         self._refreshable = isinstance(credentials, RefreshableCredentials)
         self._frozen: ReadOnlyCredentials | None = None
-        self._region = region
+        self._endpoint = EndpointSigner(url, region=region, service=_SIGNING_NAME)
 
-    async def headers(self, url: str, target: str, body: bytes) -> dict[str, str]:
-        request = AWSRequest(
-            method="POST",
-            url=url,
-            data=body,
-            headers={"Content-Type": _CONTENT_TYPE, "X-Amz-Target": target},
-        )
-        SigV4Auth(await self._current(), _SIGNING_NAME, self._region).add_auth(request)
-        return dict(request.headers.items())
+    async def headers(self, target: str, body: bytes) -> dict[str, str]:
+        return self._endpoint.headers(await self._current(), target, body)
 
     async def _current(self) -> ReadOnlyCredentials:
         if self._credentials is None:
@@ -119,19 +115,55 @@ def _json_object(body: bytes, operation: str, where: str) -> dict[str, Any]:
     return value
 
 
+class Transport(Protocol):
+    """Sends a signed request to the endpoint: ``HttpPool``, or ``AiohttpTransport``."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    async def post(self, headers: Mapping[str, str], body: bytes) -> Response: ...
+
+    async def close(self) -> None: ...
+
+
+class AiohttpTransport:
+    """The same requests through an ``aiohttp`` session: used when a proxy is configured
+    (``aiohttp`` tunnels through it; ``HttpPool`` speaks to the endpoint directly)."""
+
+    def __init__(self, url: str, session: aiohttp.ClientSession) -> None:
+        self._url = url
+        self._session = session
+
+    @property
+    def closed(self) -> bool:
+        return self._session.closed
+
+    async def post(self, headers: Mapping[str, str], body: bytes) -> Response:
+        async with self._session.post(
+            self._url, data=body, headers=headers, allow_redirects=False
+        ) as response:
+            payload = await response.read()
+            names = {name.lower(): value for name, value in response.headers.items()}
+            return Response(response.status, names, payload)
+
+    async def close(self) -> None:
+        await self._session.close()
+
+
 class RawStreamsClient:
-    """Signed DynamoDB Streams JSON calls over one pooled ``aiohttp`` session.
+    """Signed DynamoDB Streams JSON calls over one pooled ``Transport``.
 
     ``call`` returns the body of a successful response and raises what botocore raises
-    otherwise (``ClientError``, or the transport's ``aiohttp.ClientError`` /
-    ``TimeoutError``), so ``mapped_errors`` translates both the same way. ``describe_stream``
-    and ``get_shard_iterator`` make it usable as ``DynamoDBStreamsSource``'s client. Open
-    one with ``open_raw_client``; share it between the sources of one process.
+    otherwise (``ClientError``), or the transport's error (``TransportError``,
+    ``aiohttp.ClientError``, ``TimeoutError``), so ``mapped_errors`` translates them all.
+    ``describe_stream`` and ``get_shard_iterator`` make it usable as
+    ``DynamoDBStreamsSource``'s client. Open one with ``open_raw_client``; share it
+    between the sources of one process.
     """
 
     def __init__(
         self,
-        http: aiohttp.ClientSession,
+        http: Transport,
         *,
         endpoint_url: str,
         region: str,
@@ -140,7 +172,7 @@ class RawStreamsClient:
         self._http = http
         self._url = endpoint_url.rstrip("/") + "/"
         self._region = region
-        self._signer = _Signer(credentials, region)
+        self._signer = _Signer(credentials, self._url, region)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
@@ -161,14 +193,11 @@ class RawStreamsClient:
     async def call(self, operation: str, params: Mapping[str, Any]) -> bytes:
         """POST one operation; the response body, or botocore's ``ClientError`` for it."""
         body = orjson.dumps(params)
-        headers = await self._signer.headers(self._url, _TARGET_PREFIX + operation, body)
-        async with self._http.post(
-            self._url, data=body, headers=headers, allow_redirects=False
-        ) as response:
-            payload = await response.read()
-            if response.status >= 300:
-                raise _client_error(operation, response.status, response.headers, payload)
-        return payload
+        headers = await self._signer.headers(_TARGET_PREFIX + operation, body)
+        response = await self._http.post(headers, body)
+        if response.status >= 300:
+            raise _client_error(operation, response.status, response.headers, response.body)
+        return response.body
 
     async def describe_stream(self, **params: Any) -> dict[str, Any]:
         body = await self.call("DescribeStream", params)
@@ -296,15 +325,29 @@ async def open_raw_client(
         )
     credentials = await session.get_credentials()
     endpoint_url = aws.endpoint_url or f"https://streams.dynamodb.{region}.amazonaws.com"
-    http = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=max_connections),
-        timeout=aiohttp.ClientTimeout(
-            total=None, sock_connect=CONNECT_TIMEOUT_S, sock_read=READ_TIMEOUT_S
-        ),
-        # As botocore: no compression asked for.
-        headers={"User-Agent": f"shardwise/{__version__}", "Accept-Encoding": "identity"},
-        proxy=proxy_for(endpoint_url),
-    )
+    url = endpoint_url.rstrip("/") + "/"
+    # As botocore: no compression asked for.
+    headers = {"User-Agent": f"shardwise/{__version__}", "Accept-Encoding": "identity"}
+    proxy = proxy_for(url)
+    http: Transport
+    if proxy is None:
+        http = HttpPool(
+            url,
+            max_connections=max_connections,
+            connect_timeout_s=CONNECT_TIMEOUT_S,
+            read_timeout_s=READ_TIMEOUT_S,
+            headers=headers,
+        )
+    else:
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=max_connections),
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=CONNECT_TIMEOUT_S, sock_read=READ_TIMEOUT_S
+            ),
+            headers=headers,
+            proxy=proxy,
+        )
+        http = AiohttpTransport(url, session)
     return RawStreamsClient(
         http, endpoint_url=endpoint_url, region=str(region), credentials=credentials
     )
