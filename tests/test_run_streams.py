@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from shardwise.errors import StreamNotFoundError, TrimmedDataError
+from shardwise.errors import StoreError, StreamNotFoundError, TrimmedDataError
 from shardwise.records import ShardId
 from shardwise.store import CheckpointStore, ShardCheckpoint
 from shardwise.supervisor import Supervisor
@@ -95,6 +95,44 @@ class TestLineage:
             stream.put_many(child, 7)
             await wait_until(lambda: len(read_jsonl(out)) >= 12, what="rolled-over shard")
         assert seqs(out) == shard_seqs(stream, first) + shard_seqs(stream, child)
+
+    async def test_registration_rides_out_a_store_outage(
+        self,
+        tmp_path: Path,
+        server: StreamsServer,
+        sqlite_url: str,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """The sync leader cannot read the lease table (a database restart): it retries
+        instead of failing the processor, and the shards are read once the store is back."""
+        stream = server.create_stream("Orders")
+        [shard] = stream.shard_ids
+        stream.put_many(shard, 5)
+        outage = {"left": 2}
+        load = CheckpointStore.load
+
+        async def flaky_load(
+            self: CheckpointStore, processor: str, stream_arn: str
+        ) -> dict[ShardId, ShardCheckpoint]:
+            if outage["left"]:
+                outage["left"] -= 1
+                raise StoreError("load failed: connection refused")
+            return await load(self, processor, stream_arn)
+
+        monkeypatch.setattr(CheckpointStore, "load", flaky_load)
+        handler, out = recording_handler(tmp_path)
+        settings = settings_for(
+            tmp_path,
+            endpoint_url=server.endpoint_url,
+            store_url=sqlite_url,
+            processors=processor_yaml(handler, stream.arn),
+        )
+        with capture_logs() as logs:
+            async with running(settings):
+                await wait_until(lambda: len(read_jsonl(out)) >= 5, what="records after outage")
+        assert seqs(out) == shard_seqs(stream, shard)
+        retries = [e for e in logs if e["event"] == "registering shards failed; retrying"]
+        assert len(retries) == 2
 
 
 class TestPagination:

@@ -24,7 +24,7 @@ from shardwise.destinations import Destination
 from shardwise.dispatch.consumer import ConsumerSettings, ShardConsumer, ShardOutcome
 from shardwise.dispatch.delivery import FailurePolicy
 from shardwise.dispatch.filters import RecordFilter, compile_filters
-from shardwise.errors import LeaseLostError, SourceError, StreamNotFoundError
+from shardwise.errors import LeaseLostError, SourceError, StoreError, StreamNotFoundError
 from shardwise.leases import Lease, LeaseCoordinator, collected_ancestors
 from shardwise.observe.progress import ProcessorProgress
 from shardwise.processors import Processor
@@ -166,6 +166,7 @@ class ProcessorRunner:
             )
 
     async def _sync_until_stopped(self, tasks: asyncio.TaskGroup) -> None:
+        store_failures = 0
         while not self._stop.is_set():
             if self._leases.is_sync_leader():
                 listing, self._first_listing = self._first_listing, None
@@ -175,7 +176,21 @@ class ProcessorRunner:
                     return
                 if not listing.enabled:
                     log.warning("stream was disabled; reading what remains", status=listing.status)
-                if await self._register(listing) or not self._synced:
+                try:
+                    registered = await self._register(listing)
+                except StoreError as exc:
+                    # The store is down (a restart, a fail-over): the sync leader retries;
+                    # the consumers and lease renewals ride out the outage on their own.
+                    if not exc.retriable:
+                        raise
+                    store_failures += 1
+                    log.warning("registering shards failed; retrying", error=str(exc))
+                    self._first_listing = listing
+                    if await sleep_or_stop(self._stop, API_BACKOFF.delay(store_failures)):
+                        return
+                    continue
+                store_failures = 0
+                if registered or not self._synced:
                     self._synced = True
                     # New shards: take them now rather than at the next taker round.
                     await self._leases.take_once(
