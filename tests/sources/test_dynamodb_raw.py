@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,6 +29,7 @@ from shardwise.sources.dynamodb_raw import (
     proxy_for,
 )
 from shardwise.sources.http import HttpPool
+from tests.sources.test_http import self_signed
 
 ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/Raw/stream/2024-01-01T00:00:00.000"
 EMPTY_PAGE = b'{"Records":[],"NextShardIterator":"next"}'
@@ -287,3 +289,35 @@ class TestOpen:
         [(headers, body)] = endpoint.requests
         expected = headers["Authorization"].rsplit("Signature=", 1)[1]
         assert signature_of(url, headers, body, "proxy-secret") == expected
+
+    async def test_ca_bundle_as_botocore_reads_it(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """AWS_CA_BUNDLE (or a profile's ca_bundle) decides which CAs an HTTPS endpoint is
+        verified against, as for botocore's clients; without it the system's are used."""
+        cert, key = self_signed(tmp_path)
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(cert, key)
+        endpoint = Endpoint()
+        app = web.Application()
+        app.router.add_post("/", endpoint.answer)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls).start()
+        url = f"https://localhost:{runner.addresses[0][1]}"
+        try:
+            monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))
+            async with await open_raw_client(AwsConfig(endpoint_url=url)) as client:
+                page = await RawDynamoDBStreamsSource(client, ARN).get_records(
+                    ShardId("shardId-1"), "iterator", 10
+                )
+            assert not page.records
+            monkeypatch.delenv("AWS_CA_BUNDLE")
+            async with await open_raw_client(AwsConfig(endpoint_url=url)) as client:
+                with pytest.raises(SourceError, match="CERTIFICATE_VERIFY_FAILED"):
+                    await RawDynamoDBStreamsSource(client, ARN).get_records(
+                        ShardId("shardId-1"), "iterator", 10
+                    )
+        finally:
+            await runner.cleanup()
+        assert len(endpoint.requests) == 1

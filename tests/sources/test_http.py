@@ -272,7 +272,7 @@ def test_only_http_urls() -> None:
         pool("ftp://example.com/")
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -310,7 +310,7 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
 
 
 async def test_https_verifies_the_server(tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_context.load_cert_chain(cert, key)
     async with serving(lambda n, body: OK, server_context) as server:

@@ -22,6 +22,7 @@ Nothing else is re-implemented, so the two sources cannot drift apart:
 
 from __future__ import annotations
 
+import ssl
 import urllib.request
 from collections.abc import Mapping
 from types import TracebackType
@@ -324,6 +325,9 @@ async def open_raw_client(
             ["aws.region: no region configured; set it here or in AWS_REGION / the profile"]
         )
     credentials = await session.get_credentials()
+    # As botocore: AWS_CA_BUNDLE or the profile's ca_bundle, else the system's CAs.
+    ca_bundle = session.get_config_variable("ca_bundle")
+    tls = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else None
     endpoint_url = aws.endpoint_url or f"https://streams.dynamodb.{region}.amazonaws.com"
     url = endpoint_url.rstrip("/") + "/"
     # As botocore: no compression asked for.
@@ -337,10 +341,11 @@ async def open_raw_client(
             connect_timeout_s=CONNECT_TIMEOUT_S,
             read_timeout_s=READ_TIMEOUT_S,
             headers=headers,
+            ssl_context=tls,
         )
     else:
         session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=max_connections),
+            connector=aiohttp.TCPConnector(limit=max_connections, ssl=tls or True),
             timeout=aiohttp.ClientTimeout(
                 total=None, sock_connect=CONNECT_TIMEOUT_S, sock_read=READ_TIMEOUT_S
             ),
