@@ -35,11 +35,24 @@ from urllib.parse import urlsplit
 
 import httptools
 
-__all__ = ["KEEPALIVE_S", "HttpPool", "Response", "TransportError"]
+__all__ = ["KEEPALIVE_S", "HttpPool", "Response", "TransportError", "host_header"]
 
 # Idle connections older than this are closed instead of reused (servers drop them too).
 KEEPALIVE_S: Final = 15.0
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+
+
+def host_header(url: str) -> str:
+    """The Host header for ``url``, as botocore signs it: the host name, with the port
+    unless it is the scheme's default; IPv6 literals keep their brackets. The request and
+    its SigV4 signature (``sigv4.EndpointSigner``) both use this one."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.port is not None and parts.port != _DEFAULT_PORTS.get(parts.scheme):
+        host = f"{host}:{parts.port}"
+    return host
 
 
 class TransportError(Exception):
@@ -198,11 +211,9 @@ class HttpPool:
         self._ssl: ssl.SSLContext | None = None
         if parts.scheme == "https":
             self._ssl = ssl_context or ssl.create_default_context()
-        host = f"[{self._host}]" if ":" in self._host else self._host
-        if parts.port is not None and parts.port != _DEFAULT_PORTS[parts.scheme]:
-            host = f"{host}:{parts.port}"
         path = parts.path or "/"
         fixed = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        host = host_header(url)
         self._head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\n{fixed}".encode("latin-1")
         self._slots = asyncio.Semaphore(max_connections)
         self._idle: collections.deque[_Connection] = collections.deque()

@@ -28,24 +28,12 @@ from urllib.parse import quote, urlsplit
 from botocore.credentials import ReadOnlyCredentials
 from botocore.utils import normalize_url_path
 
+from shardwise.sources.http import host_header
+
 __all__ = ["CONTENT_TYPE", "EndpointSigner"]
 
 CONTENT_TYPE: Final = "application/x-amz-json-1.0"
 _ALGORITHM: Final = "AWS4-HMAC-SHA256"
-_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
-
-
-def _host(url: str) -> str:
-    """The Host header botocore signs: the host name, with the port unless it is the
-    scheme's default; IPv6 literals keep their brackets."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = parts.port
-    if port is not None and port != _DEFAULT_PORTS.get(parts.scheme):
-        host = f"{host}:{port}"
-    return host
 
 
 def _hmac(key: bytes, message: str) -> bytes:
@@ -62,7 +50,7 @@ class EndpointSigner:
 
     def __init__(self, url: str, *, region: str, service: str) -> None:
         self._url = url
-        self._host = _host(url)
+        self._host = host_header(url)
         self._path = quote(normalize_url_path(urlsplit(url).path), safe="/~")
         self._scope_suffix = f"/{region}/{service}/aws4_request"
         self._region = region
