@@ -134,6 +134,28 @@ class TestLineage:
         retries = [e for e in logs if e["event"] == "registering shards failed; retrying"]
         assert len(retries) == 2
 
+    async def test_stopped_before_the_stream_answered(
+        self, tmp_path: Path, server: StreamsServer, sqlite_url: str
+    ) -> None:
+        """A worker asked to stop while it still cannot list its stream (the endpoint is
+        failing) stops cleanly: nothing was started, nothing is left to fail."""
+        stream = server.create_stream("Orders")
+        server.fail("DescribeStream", "InternalServerError", times=None)
+        handler, _ = recording_handler(tmp_path)
+        settings = settings_for(
+            tmp_path,
+            endpoint_url=server.endpoint_url,
+            store_url=sqlite_url,
+            processors=processor_yaml(handler, stream.arn),
+        )
+        with capture_logs() as logs:
+            async with running(settings):
+                await wait_until(
+                    lambda: any(e["event"] == "listing shards failed; backing off" for e in logs),
+                    what="a failed listing",
+                )
+        assert not [e for e in logs if e["log_level"] in {"error", "critical"}]
+
 
 class TestPagination:
     """DescribeStream is paginated: a stream with 250 shards is read whole."""

@@ -134,8 +134,15 @@ class ProcessorRunner:
         structlog.contextvars.bind_contextvars(processor=self.config.name)
         log.info("processor starting", stream_arn=self._source.stream_arn)
         await self._check_stream()
+        if self._stop.is_set():
+            log.info("processor stopped before it started")
+            return
         await self._processor.start()
         try:
+            if self._stop.is_set():
+                return  # stopped during start(): no lease was ever taken
+            # No await between the check above and the lease task's first step: a stop
+            # that comes later finds the coordinator running, to release what it took.
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(
                     self._leases.run(lambda lease: self._start(lease, tasks), stop=self._stop)
