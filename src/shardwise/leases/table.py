@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from shardwise.errors import LeaseLostError
 from shardwise.leases.balance import LeaseRow
 from shardwise.records import Position, SequenceNumber, ShardId, StartingPosition
-from shardwise.store.engine import map_store_errors, single_statement, writer
+from shardwise.store.engine import map_store_errors, writer
 from shardwise.store.models import checkpoints, leaders, workers
 
 __all__ = ["LeaseTable", "Renewal", "Snapshot", "Taken"]
@@ -117,7 +117,6 @@ class LeaseTable:
     ) -> None:
         self._engine = engine
         self._writer = writer(engine)
-        self._single = single_statement(engine)
         self._dialect = engine.dialect.name
         self.processor = processor
         self.stream_arn = stream_arn
@@ -354,7 +353,7 @@ class LeaseTable:
         self, operation: str, statement: Executable, shard_id: ShardId | None = None
     ) -> Row[Any] | None:
         with self._errors(operation, shard_id):
-            async with self._single.connect() as connection:
+            async with self._writer.begin() as connection:
                 return (await connection.execute(statement)).first()
 
     def _errors(self, operation: str, shard_id: str | None = None) -> AbstractContextManager[None]:

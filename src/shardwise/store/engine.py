@@ -131,20 +131,6 @@ def writer(engine: AsyncEngine) -> AsyncEngine:
     return engine.execution_options(**{_SQLITE_BEGIN: "IMMEDIATE"})
 
 
-def single_statement(engine: AsyncEngine) -> AsyncEngine:
-    """The same engine (and pool) for one statement that is its own transaction: no BEGIN
-    and COMMIT around it (SQLite and PostgreSQL run a lone statement atomically), so a
-    fenced checkpoint is one statement and one round trip, not three.
-
-    SQLite's driver connections already run in autocommit mode (``_sqlite_on_connect``):
-    leaving out the BEGIN is enough, and costs nothing when the connection goes back to
-    the pool (changing the isolation level would be undone there by another statement).
-    """
-    if engine.dialect.name == "sqlite":
-        return engine.execution_options(**{_SQLITE_BEGIN: ""})
-    return engine.execution_options(isolation_level="AUTOCOMMIT")
-
-
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     # Let SQLAlchemy emit BEGIN (see _sqlite_on_begin) instead of the sqlite3 module.
     dbapi_connection.isolation_level = None
@@ -159,8 +145,7 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 
 def _sqlite_on_begin(connection: Connection) -> None:
     mode = connection.get_execution_options().get(_SQLITE_BEGIN, "DEFERRED")
-    if mode:  # "": a single autocommitted statement (``single_statement``)
-        connection.exec_driver_sql(f"BEGIN {mode}")
+    connection.exec_driver_sql(f"BEGIN {mode}")
 
 
 @contextlib.contextmanager
