@@ -122,7 +122,7 @@ class TestHealthReport:
     def test_finished_shards_never_stall(self) -> None:
         """A finished shard is done, whatever its counters say."""
         progress = stalled_progress(5, 10.0, None)
-        progress.shards[ShardId("shard-1")].finished = True
+        progress.finished(ShardId("shard-1"))
         assert health_report({"orders": progress}, 10_000.0, 300).healthy
 
     def test_problems_make_it_unhealthy(self) -> None:

@@ -158,6 +158,22 @@ class TestProgressCollector:
         assert value(samples, "shardwise_shards_finished", processor="orders") == 1
         assert value(samples, "shardwise_iterator_age_seconds", processor="orders") == 60.0
 
+    def test_finished_shards_are_counted_not_kept(self) -> None:
+        """A stream rolls its shards over every few hours: a week of finished shards must
+        not pile up in the worker's memory or in any per-shard view."""
+        progress = ProcessorProgress("orders")
+        for n in range(1000):
+            shard = ShardId(f"shard-{n}")
+            progress.polled(shard, 3)
+            progress.checkpointed(shard, "42", 3, 1_700_000_000.0, 0.001)
+            progress.finished(shard)
+        progress.polled(ShardId("shard-live"), 0)
+        assert list(progress.shards) == ["shard-live"]
+        samples = collect({"orders": progress})
+        assert value(samples, "shardwise_shards_finished", processor="orders") == 1000
+        assert value(samples, "shardwise_shards_owned", processor="orders") == 1
+        assert value(samples, "shardwise_records_processed_total", processor="orders") == 3000
+
     def test_iterator_age_zero_when_caught_up(self) -> None:
         """A processor whose shards are all caught up reports iterator age 0, not nothing."""
         progress = ProcessorProgress("idle")

@@ -202,10 +202,9 @@ class ProgressCollector(Collector):
         for processor, progress in processors:
             age = progress.iterator_age_s(now)
             gauges["shardwise_iterator_age_seconds"].add_metric([processor], max(0.0, age or 0.0))
-            reading = [s for s in progress.shards.values() if not s.finished]
-            finished = len(progress.shards) - len(reading)
+            reading = list(progress.shards.values())
             gauges["shardwise_shards_owned"].add_metric([processor], len(reading))
-            gauges["shardwise_shards_finished"].add_metric([processor], finished)
+            gauges["shardwise_shards_finished"].add_metric([processor], progress.shards_finished)
             for shard in sorted(reading, key=lambda s: s.shard_id):
                 labels = [processor, shard.shard_id]
                 created = shard.last_record_created_s

@@ -62,7 +62,6 @@ class ShardProgress:
 
     shard_id: ShardId
     checkpoint: str | None = None
-    finished: bool = False
     records_processed: int = 0
     # ApproximateCreationDateTime (epoch seconds) of the last record delivered while the
     # shard was behind; None once a poll came back empty (caught up).
@@ -78,7 +77,7 @@ class ShardProgress:
 
     def stalled_s(self, now_monotonic: float) -> float:
         """How long records have been pending without the checkpoint advancing; 0 if none."""
-        if self.pending == 0 or self.finished or self.pending_since_monotonic is None:
+        if self.pending == 0 or self.pending_since_monotonic is None:
             return 0.0
         since = self.pending_since_monotonic
         if self.checkpointed_at_monotonic is not None:
@@ -102,7 +101,9 @@ class ProcessorProgress:
     checkpoint_seconds_total: float = 0.0
     trimmed_gaps: int = 0
     api_errors: Counter[str] = field(default_factory=Counter)
+    # The shards being read here; a finished one leaves the map and is only counted.
     shards: dict[ShardId, ShardProgress] = field(default_factory=dict)
+    shards_finished: int = 0
     # Every handler call, failed or not (Lambda's InvokedEventCount counts its records).
     invocations: int = 0
     records_invoked: int = 0
@@ -183,10 +184,11 @@ class ProcessorProgress:
         shard.pending = max(0, shard.pending - records)
 
     def finished(self, shard_id: ShardId) -> None:
-        shard = self.shard(shard_id)
-        shard.finished = True
-        shard.pending = 0
-        shard.last_record_created_s = None
+        """``shard_id`` was read to its end. It leaves the per-shard views and is counted:
+        a stream rolls its shards over every few hours, so keeping each one would grow
+        the map (and every view of it) for as long as the worker runs."""
+        self.shards_finished += 1
+        self.shards.pop(shard_id, None)
 
     def trimmed(self, shard_id: ShardId) -> None:
         """Records of ``shard_id`` aged out of the stream before they were read."""
@@ -225,6 +227,6 @@ class ProcessorProgress:
         ages = [
             now - shard.last_record_created_s
             for shard in self.shards.values()
-            if shard.last_record_created_s is not None and not shard.finished
+            if shard.last_record_created_s is not None
         ]
         return max(ages) if ages else None
