@@ -162,9 +162,9 @@ class _Connection(asyncio.Protocol):
         if waiter is None:
             return
         self._done()
+        body, self._body = b"".join(self._body), []  # an idle connection keeps no page
         if not waiter.done():
-            status = self._parser.get_status_code()
-            waiter.set_result(Response(status, self._headers, b"".join(self._body)))
+            waiter.set_result(Response(self._parser.get_status_code(), self._headers, body))
         self.idle_since = time.monotonic()
 
     def _fail(self, exc: Exception) -> None:
