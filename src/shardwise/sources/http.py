@@ -148,9 +148,7 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.keep_alive = False
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._stop_timer()
         if self._transport is not None:
             self._transport.close()
 
@@ -176,6 +174,9 @@ class _Connection(asyncio.Protocol):
 
     def _done(self) -> None:
         self._waiter = None
+        self._stop_timer()
+
+    def _stop_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -93,11 +93,7 @@ class EndpointSigner:
             f"{_ALGORITHM}\n{stamp}\n{scope}\n"
             + hashlib.sha256(canonical_request.encode()).hexdigest()
         )
-        signature = hmac.new(
-            self._signing_key(credentials.secret_key, day),
-            string_to_sign.encode(),
-            hashlib.sha256,
-        ).hexdigest()
+        signature = _hmac(self._signing_key(credentials.secret_key, day), string_to_sign).hex()
         headers = {"Content-Type": CONTENT_TYPE, "X-Amz-Target": target, "X-Amz-Date": stamp}
         if token:
             headers["X-Amz-Security-Token"] = token
