@@ -148,14 +148,40 @@ destination_config: {{on_failure: {{destination: "file://{failures}"}}}}
 
 
 class TestRecordAge:
-    """Records older than maximum_record_age_in_seconds never reach the handler."""
+    """Records older than maximum_record_age_in_seconds never reach the handler; with the
+    default (-1, Lambda's infinite) age never decides."""
 
-    async def test_old_records_go_to_the_destination(
+    async def test_default_delivers_records_days_old(
         self, tmp_path: Path, server: StreamsServer, sqlite_url: str
+    ) -> None:
+        """2,000 records written 30 hours and 3 days ago, still readable: all delivered."""
+        stream = server.create_stream("Orders")
+        [shard] = stream.shard_ids
+        keys = [f"k{i:04d}" for i in range(2000)]
+        put_items(stream, shard, keys[:1000], created=time.time() - 3 * 86400)
+        put_items(stream, shard, keys[1000:], created=time.time() - 30 * 3600)
+        write_module(tmp_path, "ok_handler", POISON_HANDLER.format(report=False))
+        failures = tmp_path / "failures.jsonl"
+        extra = f'destination_config: {{on_failure: {{destination: "file://{failures}"}}}}'
+        settings = settings_for(
+            tmp_path,
+            endpoint_url=server.endpoint_url,
+            store_url=sqlite_url,
+            processors=processor(stream.arn, "ok_handler:handler", extra),
+        )
+        async with running(settings) as supervisor:
+            await wait_until(lambda: len(processed_keys(tmp_path)) >= 2000, what="every record")
+            assert supervisor.progress["p"].records_dropped == 0
+        assert processed_keys(tmp_path) == keys
+        assert not failures.exists()
+
+    @pytest.mark.parametrize("age_s", [600, 3 * 86400])
+    async def test_old_records_go_to_the_destination(
+        self, tmp_path: Path, server: StreamsServer, sqlite_url: str, age_s: int
     ) -> None:
         stream = server.create_stream("Orders")
         [shard] = stream.shard_ids
-        put_items(stream, shard, ["old-1", "old-2"], created=time.time() - 600)
+        put_items(stream, shard, ["old-1", "old-2"], created=time.time() - age_s)
         put_items(stream, shard, ["new-1"])
         write_module(tmp_path, "ok_handler", POISON_HANDLER.format(report=False))
         failures = tmp_path / "failures.jsonl"

@@ -48,6 +48,7 @@ __all__ = [
     "DynamoDBSourceConfig",
     "FilterConfig",
     "FilterCriteriaConfig",
+    "GcConfig",
     "HealthConfig",
     "HttpConfig",
     "LogConfig",
@@ -226,6 +227,37 @@ def _default_worker_id() -> str:
     return f"{host}-{os.getpid()}"
 
 
+def _gc_thresholds(value: object) -> tuple[int, int, int] | Literal["python"]:
+    if value == "python":
+        return "python"
+    if (
+        not isinstance(value, list | tuple)
+        or len(value) != 3
+        or not all(type(n) is int and 1 <= n <= 10_000_000 for n in value)
+    ):
+        raise PydanticCustomError(
+            "gc_thresholds", 'must be "python" or three whole numbers in 1..10000000'
+        )
+    return (value[0], value[1], value[2])
+
+
+class GcConfig(_Model):
+    """Python's cyclic garbage collector, tuned for a daemon that decodes pages of records."""
+
+    freeze_after_start: bool = True
+    """gc.freeze() once handlers are imported and connections are open: objects made at
+    start-up (modules, config, handler globals) are never scanned again."""
+    thresholds: Annotated[
+        tuple[int, int, int] | Literal["python"], BeforeValidator(_gc_thresholds)
+    ] = (
+        100_000,
+        50,
+        100,
+    )
+    """gc.set_threshold() for generations 0, 1 and 2; "python" keeps Python's own
+    (700, 10, 10), which re-scans every decoded record alive in pages and batches often."""
+
+
 class WorkerConfig(_Model):
     """This process as a whole."""
 
@@ -239,6 +271,8 @@ class WorkerConfig(_Model):
     """A lease whose counter has not moved for this long is expired and may be taken."""
     max_leases_per_worker: Int | None = Field(default=None, ge=1)
     """Most shards this worker holds at once; default: no limit."""
+    gc: GcConfig = GcConfig()
+    """The garbage collector's settings for this process."""
 
 
 class HealthConfig(_Model):
@@ -340,7 +374,8 @@ class ProcessorConfig(_Model):
     function_response_types: tuple[Literal["ReportBatchItemFailures"], ...] = ()
     """FunctionResponseTypes: [ReportBatchItemFailures] lets the handler name failed records."""
     maximum_record_age_in_seconds: Annotated[Int, AfterValidator(_record_age)] = -1
-    """MaximumRecordAgeInSeconds: older records skip the handler and go to the destination."""
+    """MaximumRecordAgeInSeconds: older records skip the handler and go to the destination;
+    -1 (the default) is infinite: age never discards a record."""
     destination_config: DestinationConfig | None = None
     """DestinationConfig.OnFailure: where exhausted or too-old records are sent."""
     tumbling_window_in_seconds: Int = Field(default=0, ge=0, le=900)

@@ -27,6 +27,7 @@ from shardwise.clock import relay_first
 from shardwise.config import ProcessorConfig, Settings, load_config
 from shardwise.destinations import open_destination
 from shardwise.errors import ConfigError, HandlerImportError, ShardwiseError, first_error
+from shardwise.gc_policy import GcPolicy
 from shardwise.leases import LeaseCoordinator
 from shardwise.observe.progress import ProcessorProgress
 from shardwise.processors import build_processor, import_handler
@@ -161,6 +162,9 @@ class Supervisor:
                     if not p.enabled:
                         log.info("processor disabled; its position is kept", processor=p.name)
                 self._connections = await self._connect(stack)
+                gc_policy = GcPolicy(self.settings.worker.gc)
+                gc_policy.apply()
+                stack.callback(gc_policy.restore)
                 async with asyncio.TaskGroup() as tasks:
                     self._tasks = tasks
                     for config in enabled:

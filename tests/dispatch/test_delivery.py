@@ -309,14 +309,64 @@ class TestRecordAge:
             assert harness.progress.records_dropped == 3
         assert harness.commits == [1002, 1004]
 
-    async def test_infinite_retries_end_when_records_expire_from_the_stream(self) -> None:
-        records = make_records(2, age_s=25 * 3600)
-        handler = ScriptedHandler({1000})
+    @pytest.mark.parametrize("age_s", [25 * 3600, 30 * 3600, 7 * 86400, 400 * 86400])
+    async def test_default_never_discards_old_records(self, age_s: float) -> None:
+        """-1 is Lambda's infinite age: records days old, or from a clock running behind, still
+        reach the handler; nothing is dropped or sent anywhere for its age."""
+        records = make_records(5, age_s=age_s)
+        handler = ScriptedHandler(set())
         harness = Harness(handler, FailurePolicy(), MemoryDestination())
         assert await harness.run(records)
-        assert handler.invocations == []
-        assert harness.destination is not None
-        assert harness.destination.sent[0].condition is FailureCondition.RECORD_AGE_EXCEEDED
+        assert handler.processed == [1000, 1001, 1002, 1003, 1004]
+        assert harness.destination is not None and harness.destination.sent == []
+        assert harness.progress.records_dropped == 0
+
+    async def test_infinite_age_and_retries_keep_retrying_an_old_record(self) -> None:
+        """With both -1, a failing old record is retried - never given up for its age."""
+        records = make_records(2, age_s=25 * 3600)
+        handler = ScriptedHandler({1000}, heal_after={1000: 5})
+        harness = Harness(handler, FailurePolicy(), MemoryDestination())
+        assert await harness.run(records)
+        assert handler.failures_seen[1000] == 5
+        assert handler.processed == [1000, 1001]
+        assert harness.destination is not None and harness.destination.sent == []
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        ages=st.lists(st.floats(0, 40 * 86400, allow_nan=False), min_size=1, max_size=30),
+        max_age=st.one_of(st.just(-1), st.integers(60, 604_800)),
+        with_destination=st.booleans(),
+    )
+    async def test_age_decides_only_with_a_positive_maximum(
+        self, ages: list[float], max_age: int, with_destination: bool
+    ) -> None:
+        """Any ages, any setting: with -1 every record is processed; with a maximum, the
+        records older than it skip the handler and are given up as RecordAgeExceeded, every
+        younger one is processed, none both or neither. A shard's records are in creation
+        order, so the ages of a batch never increase."""
+        ages.sort(reverse=True)
+        records = make_records(len(ages))
+        for record, age in zip(records, ages, strict=True):
+            record["dynamodb"]["ApproximateCreationDateTime"] = NOW - age
+        handler = ScriptedHandler(set())
+        destination = MemoryDestination() if with_destination else None
+        harness = Harness(handler, FailurePolicy(maximum_record_age_s=max_age), destination)
+        assert await harness.run(records)
+        all_seqs = [seq(r) for r in records]
+        given_up = [seq(r) for f in (destination.sent if destination else []) for r in f.records]
+        if max_age == -1:
+            assert handler.processed == all_seqs
+            assert given_up == [] and harness.progress.records_dropped == 0
+            return
+        too_old = {seq(r) for r, age in zip(records, ages, strict=True) if age > max_age}
+        assert set(handler.processed) == set(all_seqs) - too_old
+        if destination:
+            assert set(given_up) == too_old
+            conditions = {f.condition for f in destination.sent}
+            assert conditions <= {FailureCondition.RECORD_AGE_EXCEEDED}
+        else:
+            assert harness.progress.records_dropped == len(too_old)
+        assert harness.commits[-1] == all_seqs[-1]
 
 
 class TestPayloadLimit:

@@ -29,13 +29,9 @@ from shardwise.observe.progress import ProcessorProgress
 from shardwise.processors import Processor
 from shardwise.records import Batch, StreamRecord
 
-__all__ = ["DYNAMODB_RETENTION_S", "Delivery", "FailurePolicy"]
+__all__ = ["Delivery", "FailurePolicy"]
 
 log = structlog.get_logger("shardwise.dispatch")
-
-# DynamoDB Streams keeps records 24 hours: with maximum_record_age_in_seconds -1, a record
-# is retried until it is that old ("until the record expires").
-DYNAMODB_RETENTION_S = 24 * 3600
 
 Commit = Callable[[Batch], Awaitable[bool]]
 
@@ -47,13 +43,17 @@ class FailurePolicy:
     maximum_retry_attempts: int = -1
     bisect_batch_on_function_error: bool = False
     report_batch_item_failures: bool = False
+    # -1 is Lambda's "infinite": age never decides, a record is lost only when the stream
+    # itself trims it (TrimmedDataAccess, on_trimmed_data). A positive value is compared
+    # against this worker's clock.
     maximum_record_age_s: int = -1
     # A batch whose event JSON is larger (one record alone above it) is not invoked.
     payload_limit_bytes: int | None = None
 
     @property
-    def max_age_s(self) -> int:
-        return self.maximum_record_age_s if self.maximum_record_age_s >= 0 else DYNAMODB_RETENTION_S
+    def max_age_s(self) -> int | None:
+        """The age past which records skip the handler; None when age never decides."""
+        return self.maximum_record_age_s if self.maximum_record_age_s >= 0 else None
 
 
 class Delivery:
@@ -171,7 +171,10 @@ class Delivery:
 
     def _expired_prefix(self, records: Sequence[StreamRecord], start: int, end: int) -> int:
         """How many leading records of ``start:end`` are older than the maximum age."""
-        oldest_allowed = self._clock() - self._policy.max_age_s
+        max_age_s = self._policy.max_age_s
+        if max_age_s is None:
+            return 0
+        oldest_allowed = self._clock() - max_age_s
         count = 0
         for record in records[start:end]:
             created = record["dynamodb"].get("ApproximateCreationDateTime")

@@ -26,7 +26,9 @@ half-applied event. Series, all labelled ``processor`` (per-shard ones also ``sh
   ``shardwise_shard_checkpoint_stall_seconds``, ``shardwise_shard_seconds_since_checkpoint``,
   ``shardwise_shard_get_records_calls_total``.
 * The worker: ``shardwise_build_info{version}``, ``shardwise_event_loop_lag_seconds`` (with
-  the health server), and prometheus-client's ``process_*`` and ``python_info``.
+  the health server), ``shardwise_gc_pause_seconds{generation}`` (each garbage collection's
+  pause) and ``shardwise_gc_frozen_objects``, and prometheus-client's ``process_*``,
+  ``python_gc_*`` and ``python_info``.
 
 Iterator age is 0 once a shard is caught up (Lambda reports nothing then; a gauge that
 vanished would look like a scrape failure to an alert).
@@ -34,11 +36,12 @@ vanished would look like a scrape failure to an alert).
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import accumulate
 
-from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -49,6 +52,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 from shardwise import __version__
+from shardwise.gc_policy import pause_clock
 from shardwise.observe.progress import Histogram, ProcessorProgress
 
 __all__ = ["ProgressCollector", "build_registry", "render"]
@@ -234,6 +238,19 @@ class _Constant(Collector):
         )
         info.add_metric([__version__], 1)
         yield info
+        pauses = HistogramMetricFamily(
+            "shardwise_gc_pause_seconds",
+            "Time the garbage collector stopped this process, per collection.",
+            labels=["generation"],
+        )
+        for generation, histogram in pause_clock().pauses.items():
+            pauses.add_metric([str(generation)], _buckets(histogram), histogram.sum)
+        yield pauses
+        yield GaugeMetricFamily(
+            "shardwise_gc_frozen_objects",
+            "Objects made at start-up that the garbage collector no longer scans.",
+            value=gc.get_freeze_count(),
+        )
         if self._loop_lag_s is not None:
             yield GaugeMetricFamily(
                 "shardwise_event_loop_lag_seconds",
@@ -264,6 +281,7 @@ def build_registry(
     if process_metrics:
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
     return registry
 
 
