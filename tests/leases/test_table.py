@@ -43,7 +43,7 @@ async def table(store_url: str, store: CheckpointStore) -> AsyncIterator[Tables]
     async def make(worker_id: str) -> LeaseTable:
         own = await CheckpointStore.connect(store_url, migrate=False)
         opened.append(own)
-        return LeaseTable(own.engine, processor=PROCESSOR, stream_arn=ARN, worker_id=worker_id)
+        return LeaseTable(own, processor=PROCESSOR, stream_arn=ARN, worker_id=worker_id)
 
     yield make
     for own in opened:
@@ -231,7 +231,9 @@ class TestErrors:
     async def test_unreachable_store(self) -> None:
         engine = open_engine("postgresql+asyncpg://shardwise:s3cret-pw@127.0.0.1:1/shardwise")
         try:
-            table = LeaseTable(engine, processor=PROCESSOR, stream_arn=ARN, worker_id="a")
+            table = LeaseTable(
+                CheckpointStore(engine), processor=PROCESSOR, stream_arn=ARN, worker_id="a"
+            )
             with pytest.raises(StoreError, match="reading leases failed") as caught:
                 await table.snapshot()
             assert "s3cret-pw" not in str(caught.value)

@@ -57,7 +57,7 @@ class LeaseCoordinator:
         if max_leases is not None and max_leases < 1:
             raise ValueError(f"max_leases must be at least 1, not {max_leases}")
         self.table = LeaseTable(
-            store.engine, processor=processor, stream_arn=stream_arn, worker_id=worker_id
+            store, processor=processor, stream_arn=stream_arn, worker_id=worker_id
         )
         self.worker_id = worker_id
         self.lease_duration_s = lease_duration_s

@@ -34,11 +34,12 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shardwise.errors import LeaseLostError
 from shardwise.leases.balance import LeaseRow
 from shardwise.records import Position, SequenceNumber, ShardId, StartingPosition
+from shardwise.store import CheckpointStore
 from shardwise.store.engine import map_store_errors, writer
 from shardwise.store.models import checkpoints, leaders, workers
 
@@ -113,9 +114,11 @@ class LeaseTable:
     """The lease rows of one processor on one stream, as seen by one worker."""
 
     def __init__(
-        self, engine: AsyncEngine, *, processor: str, stream_arn: str, worker_id: str
+        self, store: CheckpointStore, *, processor: str, stream_arn: str, worker_id: str
     ) -> None:
+        engine = store.engine
         self._engine = engine
+        self._checkpoints = store.checkpoint_writer
         self._writer = writer(engine)
         self._dialect = engine.dialect.name
         self.processor = processor
@@ -242,7 +245,20 @@ class LeaseTable:
     ) -> None:
         """Checkpoint, fenced: raise ``LeaseLostError`` unless the lease is still ours at
         ``counter`` (which stays as it is). ``window_state`` (tumbling windows) is written in
-        the same statement; by default it is left as it is."""
+        the same statement; by default it is left as it is. A plain checkpoint joins the
+        store's coalesced writes (``store/fenced_writes.py``)."""
+        if isinstance(window_state, _Keep) and sequence_number is not None:
+            saved = await self._checkpoints.save(
+                processor=self.processor,
+                stream_arn=self.stream_arn,
+                owner=self.worker_id,
+                shard_id=shard_id,
+                counter=counter,
+                sequence_number=sequence_number,
+            )
+            if not saved:
+                raise self._refused("checkpoint", shard_id, counter)
+            return
         values: dict[str, object] = {}
         if sequence_number is not None:
             values["sequence_number"] = sequence_number
@@ -343,11 +359,14 @@ class LeaseTable:
             .returning(_ROW.shard_id)
         )
         if await self._write_one(operation, statement, shard_id) is None:
-            raise LeaseLostError(
-                f"{operation} refused (processor {self.processor!r}, shard {shard_id!r}): "
-                f"worker {self.worker_id!r} no longer holds the lease at counter {counter}",
-                shard_id=shard_id,
-            )
+            raise self._refused(operation, shard_id, counter)
+
+    def _refused(self, operation: str, shard_id: ShardId, counter: int) -> LeaseLostError:
+        return LeaseLostError(
+            f"{operation} refused (processor {self.processor!r}, shard {shard_id!r}): "
+            f"worker {self.worker_id!r} no longer holds the lease at counter {counter}",
+            shard_id=shard_id,
+        )
 
     async def _write_one(
         self, operation: str, statement: Executable, shard_id: ShardId | None = None

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from shardwise.errors import StoreError
 from shardwise.records import Position, SequenceNumber, ShardId, StartingPosition
 from shardwise.store.engine import failure, map_store_errors, open_engine, redact_url, writer
+from shardwise.store.fenced_writes import CheckpointWriter
 from shardwise.store.migrate import require_head, upgrade_engine
 from shardwise.store.models import checkpoints
 
@@ -130,6 +131,7 @@ class CheckpointStore:
         self._ordering = _ordering(engine.dialect.name)
         self._statements = 0
         self._state = _State.OPEN
+        self._checkpoint_writer = CheckpointWriter(engine)
 
     @classmethod
     async def connect(cls, url: str, *, migrate: bool = True) -> CheckpointStore:
@@ -161,6 +163,11 @@ class CheckpointStore:
         return self._engine
 
     @property
+    def checkpoint_writer(self) -> CheckpointWriter:
+        """Where leased shards' checkpoints are written (fenced, coalesced)."""
+        return self._checkpoint_writer
+
+    @property
     def statements(self) -> int:
         """How many SQL statements this store has sent (one per save or finish)."""
         return self._statements
@@ -170,6 +177,7 @@ class CheckpointStore:
         if self._state is _State.CLOSED:
             return
         self._state = _State.CLOSED
+        await self._checkpoint_writer.close()
         await self._engine.dispose()
 
     async def __aenter__(self) -> CheckpointStore:

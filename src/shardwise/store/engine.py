@@ -6,7 +6,10 @@ Two backends are supported, each through one asyncio driver:
   runs in WAL mode with ``synchronous=FULL`` so a committed checkpoint survives a power cut,
   and waits up to ``SQLITE_BUSY_TIMEOUT_MS`` for another writer instead of failing. SQLAlchemy
   emits BEGIN itself (the sqlite3 module's own transaction handling skips DDL and SELECT), and
-  writers ask for ``BEGIN IMMEDIATE`` so they queue for the write lock up front.
+  writers ask for ``BEGIN IMMEDIATE`` so they queue for the write lock up front. That makes
+  one file safe for several processes on one machine (``worker.processes``): WAL lets
+  readers run beside the one writer, and a writer never upgrades a read transaction (which
+  fails at once with SQLITE_BUSY instead of waiting). WAL needs a local file system.
 * PostgreSQL via asyncpg (``postgresql+asyncpg://user:password@host/db``).
 
 ``sqlite://`` and ``postgresql://`` URLs are accepted too and get the driver above. In-memory
@@ -25,6 +28,7 @@ import sqlite3
 from collections.abc import Iterator
 from typing import Any, Final
 
+import asyncpg
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
@@ -136,9 +140,11 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
+        # The busy timeout first: switching a new file to WAL takes a lock that another
+        # process (worker.processes) opening the same file at the same moment may hold.
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS:d}")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS:d}")
     finally:
         cursor.close()
 
@@ -146,6 +152,10 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 def _sqlite_on_begin(connection: Connection) -> None:
     mode = connection.get_execution_options().get(_SQLITE_BEGIN, "DEFERRED")
     connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+# What the drivers raise when used directly (store/fenced_writes.py), beside OSError.
+_DRIVER_ERRORS: Final = (asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 @contextlib.contextmanager
@@ -159,7 +169,7 @@ def map_store_errors(
     """Re-raise SQLAlchemy and driver errors as ``StoreError`` that say what failed and where."""
     try:
         yield
-    except (SQLAlchemyError, OSError, sqlite3.Error) as exc:
+    except (SQLAlchemyError, OSError, sqlite3.Error, *_DRIVER_ERRORS) as exc:
         message = f"{failure(operation, processor, shard_id)} on {redact_url(url)}: {_reason(exc)}"
         raise StoreError(_scrub(message, url)) from exc
 

@@ -1,0 +1,248 @@
+"""Fenced checkpoint writes, coalesced: one statement, one round trip, for every shard waiting.
+
+A checkpoint is on the hot path: a shard's next batch is invoked only once the previous
+batch's checkpoint is durable. Written as a pooled SQLAlchemy transaction it cost six round
+trips (pool ping, BEGIN, UPDATE, COMMIT, reset) and about a millisecond of CPU, as much as
+decoding the 1000 records it covers. ``CheckpointWriter`` writes them on a connection of its
+own, as single autocommitted statements sent straight to the driver, and every checkpoint
+that arrives while one is being written joins the next statement:
+
+    UPDATE shardwise_checkpoints
+       SET sequence_number = CASE shard_id WHEN 's1' THEN '300' WHEN 's2' THEN '120' END,
+           updated_at = now
+     WHERE processor = 'p' AND stream_arn = 'arn' AND owner = 'me'
+       AND (shard_id, lease_counter) IN (('s1', 7), ('s2', 4))
+    RETURNING shard_id
+
+Each row is still its own compare-and-set on the lease counter: the shards returned were
+written, any other lost its lease. One statement is atomic and, committed alone, as durable
+as a transaction (SQLite's ``synchronous=FULL``, PostgreSQL's commit). A shard appears at
+most once per statement; a second checkpoint of it waits for the next one, so writes of one
+shard stay in order.
+
+The statement runs in the writer's own task, so a caller that is cancelled (the caller
+shields it anyway) never leaves a write half-done: on SQLite the write lock is held only
+inside one call on the driver's thread. Driver errors leave as ``StoreError`` (retriable);
+the connection is dropped and opened again for the next write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from shardwise.errors import StoreError
+from shardwise.store.engine import map_store_errors, redact_url
+from shardwise.store.models import checkpoints
+
+__all__ = ["CheckpointWriter"]
+
+log = structlog.get_logger("shardwise.store")
+
+# Shards per statement: 2 + 3 per shard parameters stay far below both backends' limits.
+MAX_SHARDS_PER_STATEMENT: Final = 256
+
+_C = checkpoints.c
+
+
+@dataclass(slots=True)
+class _Save:
+    scope: tuple[str, str, str]  # processor, stream ARN, owner
+    shard_id: str
+    counter: int
+    sequence_number: str
+    done: asyncio.Future[bool] = field(repr=False)
+
+
+def _padded(count: int) -> int:
+    """Statements come in a few sizes (powers of two), so the driver prepares each once."""
+    size = 1
+    while size < count:
+        size *= 2
+    return size
+
+
+class CheckpointWriter:
+    """Writes fenced checkpoints for one store; ``close()`` writes what is queued, then stops."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._postgres = engine.dialect.name == "postgresql"
+        self._stamp = checkpoints.c.updated_at.type.bind_processor(engine.dialect)
+        self._queue: list[_Save] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()  # set while nothing is queued or being written
+        self._task: asyncio.Task[None] | None = None
+        self._connection: AsyncConnection | None = None
+        self._driver: Any = None
+        self._statements: dict[int, str] = {}
+        self._closed = False
+        self.writes = 0  # statements sent
+
+    async def save(
+        self,
+        *,
+        processor: str,
+        stream_arn: str,
+        owner: str,
+        shard_id: str,
+        counter: int,
+        sequence_number: str,
+    ) -> bool:
+        """Move the checkpoint if the lease is still ``owner``'s at ``counter``; False if not."""
+        if self._closed:
+            raise StoreError(f"checkpoint for shard {shard_id!r} refused: the store is closed")
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.append(
+            _Save((processor, stream_arn, owner), shard_id, counter, sequence_number, done)
+        )
+        self._idle.clear()
+        self._wake.set()
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+        return await done
+
+    async def close(self) -> None:
+        """Write what is queued, stop the writer and give its connection back."""
+        self._closed = True
+        if self._task is not None:
+            if not self._task.done():
+                await self._idle.wait()
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._drop_connection(broken=False)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                await self._write(self._next_round())
+            self._idle.set()
+
+    def _next_round(self) -> list[_Save]:
+        """Every queued save whose shard is not already in this round, in arrival order;
+        saves whose caller gave up before they were sent are dropped."""
+        taken: list[_Save] = []
+        seen: set[tuple[tuple[str, str, str], str]] = set()
+        left: list[_Save] = []
+        for save in self._queue:
+            key = (save.scope, save.shard_id)
+            if save.done.cancelled():
+                continue
+            if key in seen:
+                left.append(save)
+            else:
+                seen.add(key)
+                taken.append(save)
+        self._queue = left
+        return taken
+
+    async def _write(self, saves: list[_Save]) -> None:
+        groups: dict[tuple[str, str, str], list[_Save]] = {}
+        for save in saves:
+            groups.setdefault(save.scope, []).append(save)
+        try:
+            for scope, group in groups.items():
+                for start in range(0, len(group), MAX_SHARDS_PER_STATEMENT):
+                    chunk = group[start : start + MAX_SHARDS_PER_STATEMENT]
+                    written = await self._statement(scope, chunk)
+                    for save in chunk:
+                        if not save.done.done():
+                            save.done.set_result(save.shard_id in written)
+        except Exception as exc:  # noqa: BLE001 - the writer outlives any one failed write
+            failed = exc
+            if not isinstance(exc, StoreError):
+                failed = StoreError(
+                    f"checkpoint failed on {redact_url(self._engine.url)}: "
+                    f"{type(exc).__name__}: {exc}"
+                )
+                log.error("unexpected checkpoint write failure", error=str(failed))
+            await self._drop_connection(broken=True)
+            for save in saves:
+                if not save.done.done():
+                    save.done.set_exception(failed)
+                    save.done.exception()  # a caller that gave up is not warned about
+
+    async def _statement(self, scope: tuple[str, str, str], saves: list[_Save]) -> set[str]:
+        processor, stream_arn, owner = scope
+        size = _padded(len(saves))
+        now = datetime.now(UTC)
+        stamp = self._stamp(now) if self._stamp is not None else now
+        cases: list[object] = []
+        pairs: list[object] = []
+        for save in saves:
+            cases += [save.shard_id, save.sequence_number]
+            pairs += [save.shard_id, save.counter]
+        for _ in range(size - len(saves)):  # never matches: no shard has an empty id
+            cases += ["", ""]
+            pairs += ["", -1]
+        parameters = [*cases, stamp, processor, stream_arn, owner, *pairs]
+        shard = saves[0].shard_id if len(saves) == 1 else None
+        with map_store_errors("checkpoint", self._engine.url, processor=processor, shard_id=shard):
+            driver = await self._open()
+            sql = self._sql(size)
+            self.writes += 1
+            if self._postgres:
+                rows = await driver.fetch(sql, *parameters)
+            else:
+                try:
+                    rows = await driver.execute_fetchall(sql, parameters)
+                except ValueError as exc:  # aiosqlite: "Connection closed"
+                    raise sqlite3.OperationalError(str(exc)) from exc
+        return {row[0] for row in rows}
+
+    def _sql(self, size: int) -> str:
+        sql = self._statements.get(size)
+        if sql is None:
+            count = iter(range(1, 5 * size + 5))
+
+            def mark() -> str:
+                return f"${next(count)}" if self._postgres else "?"
+
+            cases = " ".join(f"WHEN {mark()} THEN {mark()}" for _ in range(size))
+            sequence = f"CASE {_C.shard_id.name} {cases} END"
+            head = (
+                f"UPDATE {checkpoints.name} SET {_C.sequence_number.name} = {sequence}, "
+                f"{_C.updated_at.name} = {mark()} WHERE {_C.processor.name} = {mark()} "
+                f"AND {_C.stream_arn.name} = {mark()} AND {_C.owner.name} = {mark()} "
+            )
+            pairs = ", ".join(f"({mark()}, {mark()})" for _ in range(size))
+            sql = (
+                f"{head}AND ({_C.shard_id.name}, {_C.lease_counter.name}) IN ({pairs}) "
+                f"RETURNING {_C.shard_id.name}"
+            )
+            self._statements[size] = sql
+        return sql
+
+    async def _open(self) -> Any:
+        if self._postgres and self._driver is not None and self._driver.is_closed():
+            await self._drop_connection(broken=True)  # the server ended it (restart, idle kill)
+        if self._driver is None:
+            connection = await self._engine.connect()
+            try:
+                raw = await connection.get_raw_connection()
+            except BaseException:
+                await connection.close()
+                raise
+            self._connection, self._driver = connection, raw.driver_connection
+        return self._driver
+
+    async def _drop_connection(self, *, broken: bool) -> None:
+        """Give the connection back to the pool, or throw it away when it failed."""
+        connection, self._connection, self._driver = self._connection, None, None
+        if connection is None:
+            return
+        with contextlib.suppress(Exception):
+            if broken:
+                await connection.invalidate()
+            await connection.close()
