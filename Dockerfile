@@ -16,6 +16,8 @@
 # first. Metrics and probes: http.bind must be 0.0.0.0:9400 inside a container.
 
 # --- builder: the wheel, and a virtualenv with it installed ---------------------------------
+# Dependencies are installed at the versions pinned in requirements/constraints.txt (make lock),
+# so the same commit always builds the same image.
 FROM python:3.11-slim AS builder
 
 ENV PIP_NO_CACHE_DIR=1 \
@@ -24,10 +26,12 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 WORKDIR /build
 COPY pyproject.toml README.md ./
+COPY requirements/constraints.txt ./requirements/
 COPY src ./src
 RUN pip wheel --no-deps --wheel-dir /build/dist . \
     && python -m venv /opt/shardwise \
-    && /opt/shardwise/bin/pip install /build/dist/shardwise-*.whl \
+    && /opt/shardwise/bin/pip install --constraint requirements/constraints.txt \
+        /build/dist/shardwise-*.whl \
     && /opt/shardwise/bin/pip uninstall --yes setuptools \
     && find /opt/shardwise -name '__pycache__' -type d -prune -exec rm -rf {} +
 

@@ -7,6 +7,7 @@ waits for a minute, so it runs beside the checkpoint and scale cases.
     python -m bench                  # the full run, ~5 minutes on 2 cores
     python -m bench --quick          # every case, tiny sizes, seconds (the smoke test's)
     python -m bench --only latency   # some cases
+    python -m bench --only soak      # memory over 10 minutes (make bench-soak), not in the above
     python -m bench --profile        # one throughput run under pyinstrument
 """
 
@@ -29,10 +30,12 @@ from typing import Any, Final
 from bench.plans import FULL, QUICK, Plan
 from bench.report import CaseResult, render_table, to_json
 
-CASES: Final = ("throughput", "latency", "checkpoints", "scale", "cost")
+CASES: Final = ("throughput", "latency", "checkpoints", "scale", "processes", "cost")
 BACKGROUND: Final = frozenset({"cost"})  # waits more than it works: runs beside the others
+OPT_IN: Final = ("soak",)  # only with --only: the full soak runs for 10 minutes
 RESULTS: Final = Path(__file__).parent / "results"
 CASE_TIMEOUT_S: Final = 420.0
+TIMEOUT_S: Final = {"soak": 900.0}  # cases that run longer than CASE_TIMEOUT_S
 
 
 def _environment() -> None:
@@ -47,7 +50,7 @@ def _environment() -> None:
 
 
 def _case(name: str, plan: Plan, workdir: Path) -> Coroutine[Any, Any, CaseResult]:
-    from bench import checkpoints, cost, latency, profiling, scale, throughput
+    from bench import checkpoints, cost, latency, processes, profiling, scale, soak, throughput
 
     runners: dict[str, Callable[[], Coroutine[Any, Any, CaseResult]]] = {
         "throughput": lambda: throughput.run(plan.throughput, workdir),
@@ -55,7 +58,9 @@ def _case(name: str, plan: Plan, workdir: Path) -> Coroutine[Any, Any, CaseResul
         "checkpoints": lambda: checkpoints.run(plan.checkpoints, workdir),
         "scale": lambda: scale.run(plan.scale, workdir),
         "cost": lambda: cost.run(plan.cost, workdir),
+        "processes": lambda: processes.run(plan.processes, workdir),
         "profile": lambda: profiling.run(plan.throughput[0], workdir, RESULTS),
+        "soak": lambda: soak.run(plan.soak, workdir),
     }
     return runners[name]()
 
@@ -83,12 +88,13 @@ def _start(name: str, *, quick: bool, result_path: Path) -> subprocess.Popen[byt
 def _collect(
     name: str, child: subprocess.Popen[bytes], result_path: Path, started: float
 ) -> CaseResult:
+    timeout_s = TIMEOUT_S.get(name, CASE_TIMEOUT_S)
     try:
-        code = child.wait(timeout=max(1.0, started + CASE_TIMEOUT_S - time.monotonic()))
+        code = child.wait(timeout=max(1.0, started + timeout_s - time.monotonic()))
     except subprocess.TimeoutExpired:
         child.kill()
         child.wait()
-        return CaseResult(name, "", error=f"did not finish within {CASE_TIMEOUT_S:g} s")
+        return CaseResult(name, "", error=f"did not finish within {timeout_s:g} s")
     if code != 0 or not result_path.exists():
         return CaseResult(name, "", error=f"exited with code {code}; see its output above")
     return CaseResult.from_dict(json.loads(result_path.read_text()))
@@ -153,7 +159,7 @@ def _commit() -> str | None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: seconds, not minutes")
-    parser.add_argument("--only", nargs="+", choices=CASES, help="run these cases only")
+    parser.add_argument("--only", nargs="+", choices=(*CASES, *OPT_IN), help="run these cases only")
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
     parser.add_argument("--profile", action="store_true", help="profile one throughput run")
     parser.add_argument("--run-case", help=argparse.SUPPRESS)
@@ -168,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.profile:
         output = args.output if args.output != RESULTS / "latest.json" else RESULTS / "profile.json"
         return run_all(["profile"], quick=args.quick, output=output)
-    cases = [c for c in CASES if args.only is None or c in args.only]
+    cases = [c for c in (*CASES, *OPT_IN) if c in (args.only or CASES)]
     return run_all(cases, quick=args.quick, output=args.output)
 
 

@@ -162,8 +162,10 @@ def pipeline_settings(
     store_url: str,
     handler: str = "bench.handlers:noop",
     batch_size: int = 1000,
+    worker_yaml: str = "",
 ) -> Settings:
-    """One processor per ``name -> stream ARN``, Lambda's defaults except ``batch_size``."""
+    """One processor per ``name -> stream ARN``, Lambda's defaults except ``batch_size``;
+    ``worker_yaml`` adds lines to the ``worker:`` section (``gc: {thresholds: python}``)."""
     processors = "".join(
         f"""
       - name: {name}
@@ -173,6 +175,7 @@ def pipeline_settings(
         batch_size: {batch_size}"""
         for name, arn in streams.items()
     )
+    worker = "".join(f"\n      {line}" for line in worker_yaml.splitlines())
     text = f"""
     aws:
       region: {REGION}
@@ -180,7 +183,7 @@ def pipeline_settings(
     store:
       url: "{store_url}"
     worker:
-      shutdown_timeout_seconds: 10
+      shutdown_timeout_seconds: 10{worker}
     processors:{processors}
     """
     return parse_config(textwrap.dedent(text), source="bench", config_dir=Path.cwd())

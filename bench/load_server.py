@@ -7,7 +7,10 @@ write time ``t`` (epoch seconds) so a handler can measure write-to-handler laten
 
 * ``rate R``: R records per second in all, round-robin over every shard (0 stops);
 * ``hot I R``: R records per second to shard number I (0 stops);
-* ``put I``: one record to shard number I, now.
+* ``put I``: one record to shard number I, now;
+* ``keep N``: hold about N records per shard at most, trimming the oldest as if they aged
+  past the 24 h retention (0, the default, keeps every record: a long run at a high rate
+  would otherwise grow this process by gigabytes).
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ _TICK_S: Final = 0.01
 class _Writer:
     """Writes at the rates the commands set, from a thread of its own."""
 
-    def __init__(self, stream: ScriptedStream) -> None:
+    def __init__(self, stream: ScriptedStream, held: int) -> None:
         self._stream = stream
         self._shards = stream.shard_ids
+        self._held = [held] * len(self._shards)  # records each shard holds
+        self._keep = 0
         self._lock = threading.Lock()
         self._rates: dict[int | None, float] = {}  # shard number (None: all) -> records/s
         self._owed: dict[int | None, float] = {}
@@ -49,6 +54,8 @@ class _Writer:
                 self._rates[int(words[1])] = float(words[2])
             elif words[0] == "put":
                 self._put(int(words[1]))
+            elif words[0] == "keep":
+                self._keep = int(words[1])
             else:
                 raise ValueError(f"unknown command {line!r}")
 
@@ -57,6 +64,14 @@ class _Writer:
         keys = {"Id": {"N": str(self._next_key)}}
         image = dict(keys, t={"N": repr(time.time())})
         self._stream.put(self._shards[shard], "INSERT", keys=keys, new_image=image)
+        self._held[shard] += 1
+
+    def _trim(self) -> None:
+        """Down to ``keep`` records a shard, a tenth at a time (each trim moves the rest)."""
+        for shard, held in enumerate(self._held):
+            if self._keep and held > self._keep + self._keep // 10:
+                self._stream.trim(self._shards[shard], held - self._keep)
+                self._held[shard] = self._keep
 
     def run(self) -> None:
         last = time.monotonic()
@@ -75,6 +90,7 @@ class _Writer:
                         else:
                             self._put(target)
                     self._owed[target] = owed if rate else 0.0
+                self._trim()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -96,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stream = server.create_stream("Bench", shards=args.shards)
     for shard_id in stream.shard_ids:
         stream.put_many(shard_id, args.records, payload_bytes=args.payload_bytes)
-    writer = _Writer(stream)
+    writer = _Writer(stream, args.records)
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     try:

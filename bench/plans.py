@@ -7,9 +7,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bench.processes import ProcessesPlan
 from bench.throughput import ThroughputPlan
 
-__all__ = ["FULL", "QUICK", "CheckpointPlan", "CostPlan", "LatencyPlan", "Plan", "ScalePlan"]
+__all__ = [
+    "FULL",
+    "QUICK",
+    "CheckpointPlan",
+    "CostPlan",
+    "LatencyPlan",
+    "Plan",
+    "ScalePlan",
+    "SoakPlan",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,18 +54,32 @@ class CheckpointPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class SoakPlan:
+    seconds: float  # how long the supervisor consumes under load
+    sample_seconds: float  # RSS sampled this often
+    window_seconds: float  # the first and the last this long are compared ("a minute")
+    shards: int
+    rate: float  # records/s the server's writer puts, round-robin over the shards
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     throughput: list[ThroughputPlan] = field(default_factory=list)
     latency: LatencyPlan = LatencyPlan(6.0, 20.0, 20.0, 10, 4)
     scale: ScalePlan = ScalePlan(1000, 12.0, 100.0, 8.0)
     cost: CostPlan = CostPlan(10, 60.0, 10.0)
     checkpoints: CheckpointPlan = CheckpointPlan(3000, (10, 100, 1000))
+    soak: SoakPlan = SoakPlan(600.0, 10.0, 60.0, 4, 20_000.0)  # only with --only soak
+    processes: ProcessesPlan = field(
+        default_factory=lambda: ProcessesPlan(shards=8, records_per_shard=8_000)
+    )
 
 
 FULL = Plan(
     throughput=[
-        ThroughputPlan(shards=1, records_per_shard=100_000),
-        ThroughputPlan(shards=64, records_per_shard=3_000),
+        ThroughputPlan(shards=1, records_per_shard=200_000),
+        ThroughputPlan(shards=4, records_per_shard=60_000),
+        ThroughputPlan(shards=64, records_per_shard=4_000),
     ],
 )
 
@@ -68,4 +92,6 @@ QUICK = Plan(
     scale=ScalePlan(20, 1.5, 20.0, 0.5, warmup_timeout_s=30.0),
     cost=CostPlan(5, 2.0, 2.0),
     checkpoints=CheckpointPlan(100, (10, 100)),
+    soak=SoakPlan(4.0, 0.5, 1.0, 4, 2_000.0),
+    processes=ProcessesPlan(shards=8, records_per_shard=100, timeout_s=60.0),
 )

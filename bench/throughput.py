@@ -1,35 +1,46 @@
-"""Case 1, throughput: records/s through a no-op handler, batch_size 1000, 1 and 64 shards.
+"""Case 1, throughput: records/s through a no-op handler, batch_size 1000, 1, 4 and 64 shards.
 
 The streams server (``bench.load_server``: ``shardwise.testing``'s, with a longer listen
 backlog) runs in its own process with every record written before anything is timed.
 Against it, in this order:
 
 * the server's own ceiling: many concurrent readers fetching pages and parsing nothing;
-* (b) the transport+parse ceiling: each shard read to its end by a bare ``aiohttp`` client
-  (no signing) whose pages are decoded with ``orjson`` and nothing else;
+* (b) the transport+parse ceiling: each shard read to its end over a blocking keep-alive
+  ``http.client`` connection of its own, all from one thread with a GetRecords call
+  outstanding on every connection (faster than a thread per shard at 4 and 64 shards, the
+  same at 1), each page ``read()`` and decoded with ``orjson``, nothing signed;
+* (b2) the same with a bare ``aiohttp`` client; both ceilings run with the cyclic garbage
+  collector off (their pages hold no cycles), and shardwise is compared with whichever of
+  the two was faster in that layout;
 * (a) what a user writes by hand: boto3, DescribeStream, GetShardIterator, a GetRecords
   loop per shard in a thread of its own, records made JSON-safe (``json.dumps(...,
   default=str)``) and handed to the no-op handler; no checkpoints;
 * shardwise end to end: a real ``Supervisor`` (checkpoints in SQLite and in PostgreSQL)
-  with its aiobotocore source, and with ``RawDynamoDBStreamsSource`` in its place.
+  with its aiobotocore source, and with ``RawDynamoDBStreamsSource`` in its place; the
+  raw default once more with ``worker.gc`` at Python's defaults (before/after).
 
 Every run starts at TRIM_HORIZON (the server keeps no per-reader state). Rates count
 from the first page handled to the last; start-up (store, listing, leases, first page) is
-a fixed cost, shown in each figure's note. Store schemas are migrated before any run.
+a fixed cost, shown in each figure's note with the time counted. The readers done in well
+under a second (the ceilings and the raw default) run ``best_of`` times and their fastest
+run counts, on both sides of the ratio. Store schemas are migrated before any run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import http.client
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import aiohttp
 import boto3
@@ -58,7 +69,9 @@ __all__ = ["ThroughputPlan", "run"]
 _TARGET: Final = "DynamoDBStreams_20120810."
 _HEADERS: Final = {"Content-Type": "application/x-amz-json-1.0"}
 NAIVE: Final = "naive boto3"
-CEILING: Final = "aiohttp+orjson ceiling (b)"
+CEILING: Final = "http.client+orjson ceiling (b)"
+AIOHTTP_CEILING: Final = "aiohttp+orjson ceiling (b2)"
+GC_UNTUNED: Final = "gc: {freeze_after_start: false, thresholds: python}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +82,7 @@ class ThroughputPlan:
     records_per_shard: int
     payload_bytes: int = 100
     ceiling_seconds: float = 3.0
+    best_of: int = 3  # runs of each fast reader (ceilings, raw default); the fastest counts
     timeout_s: float = 120.0
 
     @property
@@ -145,7 +159,7 @@ async def server_ceiling(server: StreamsProcess, *, readers: int, seconds: float
 
 
 async def bare_client(server: StreamsProcess, total: int, *, timeout_s: float) -> Timed:
-    """(b): every shard read to its end, pages decoded with orjson; nothing else."""
+    """(b2): every shard read to its end by aiohttp, pages decoded with orjson; nothing else."""
     url = server.endpoint_url + "/"
     stopwatch = Stopwatch()
     counts: list[int] = []
@@ -171,6 +185,81 @@ async def bare_client(server: StreamsProcess, total: int, *, timeout_s: float) -
             for n, shard_id in enumerate(shard_ids):
                 tasks.create_task(read(n, shard_id))
     return stopwatch.timed(sum(counts), total)
+
+
+def _send_get_records(connection: http.client.HTTPConnection, iterator: str) -> None:
+    body = orjson.dumps({"ShardIterator": iterator, "Limit": 1000})
+    connection.request("POST", "/", body, {**_HEADERS, "X-Amz-Target": _TARGET + "GetRecords"})
+
+
+def _read_round_robin(
+    endpoint_url: str, iterators: list[str], total: int, timeout_s: float
+) -> Timed:
+    """Read every shard to its end from this thread, a GetRecords call outstanding on each
+    shard's own keep-alive connection: while one page is decoded, the server answers the
+    others."""
+    stopwatch = Stopwatch()
+    address = urlsplit(endpoint_url)
+    connections = [
+        http.client.HTTPConnection(address.hostname or "127.0.0.1", address.port, timeout=timeout_s)
+        for _ in iterators
+    ]  # http.client sets TCP_NODELAY and sends headers and body in one write
+    deadline = time.perf_counter() + timeout_s
+    handled = 0
+    try:
+        pending = dict(enumerate(iterators))  # shard number -> the iterator requested
+        for n, iterator in pending.items():
+            _send_get_records(connections[n], iterator)
+        while pending and time.perf_counter() < deadline:
+            for n in list(pending):
+                response = connections[n].getresponse()
+                body = response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"GetRecords: HTTP {response.status}: {body[:200]!r}")
+                page = orjson.loads(body)
+                records = page["Records"]
+                for _record in records:
+                    handled += 1
+                stopwatch.handled(handled)
+                following = page.get("NextShardIterator")
+                if not records or following is None:
+                    del pending[n]
+                    continue
+                pending[n] = following
+                _send_get_records(connections[n], following)
+    finally:
+        for connection in connections:
+            connection.close()
+    return stopwatch.timed(handled, total)
+
+
+async def http_client(server: StreamsProcess, total: int, *, timeout_s: float) -> Timed:
+    """(b): every shard read to its end over blocking ``http.client`` connections, one
+    per shard, from one thread; pages decoded with orjson; nothing else.
+
+    Shards and iterators are listed first (not timed). One thread beat a thread per shard
+    on the 2-core machine: 1.2x at 4 shards, 1.35x at 64 (the threads take turns at the
+    GIL); at one shard the two are the same reader.
+    """
+    url = server.endpoint_url + "/"
+    async with _bare_session(1) as http:
+        shard_ids = await _shard_ids(http, url, server.stream_arn)
+        iterators = [await _iterator(http, url, server.stream_arn, s) for s in shard_ids]
+    return await asyncio.to_thread(
+        _read_round_robin, server.endpoint_url, iterators, total, timeout_s
+    )
+
+
+@contextmanager
+def _collector_off() -> Iterator[None]:
+    """The cyclic garbage collector off while a ceiling reads: decoded pages hold no cycles
+    and reference counting frees them, so the fastest reader does not scan them."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 # -- (a) the hand-written boto3 consumer ---------------------------------------------------------
@@ -224,9 +313,17 @@ def naive_boto3(server: StreamsProcess, total: int) -> Timed:
 
 
 async def shardwise(
-    server: StreamsProcess, store_url: str, name: str, total: int, *, raw: bool, timeout_s: float
+    server: StreamsProcess,
+    store_url: str,
+    name: str,
+    total: int,
+    *,
+    raw: bool,
+    timeout_s: float,
+    worker_yaml: str = "",
 ) -> Timed:
-    """A real ``Supervisor`` (raw: reading through ``RawDynamoDBStreamsSource``).
+    """A real ``Supervisor`` (raw: reading through ``RawDynamoDBStreamsSource``);
+    ``worker_yaml`` as for ``pipeline_settings``.
 
     Timed by the no-op handler's own notes of its calls (``handlers.CALLS``), so watching
     for the end, every 20 ms, adds nothing to the figure.
@@ -235,6 +332,7 @@ async def shardwise(
         endpoint_url=server.endpoint_url,
         streams={name: server.stream_arn},
         store_url=store_url,
+        worker_yaml=worker_yaml,
     )
     handlers.CALLS.clear()
     started = time.perf_counter()
@@ -260,18 +358,30 @@ def _timer(result: CaseResult) -> Iterator[None]:
 
 
 def _figure(
-    name: str, timed: Timed, baseline: Baseline | None = None, target: Target | None = None
+    name: str,
+    timed: Timed,
+    baseline: Baseline | None = None,
+    target: Target | None = None,
+    note: str = "",
 ) -> Figure:
-    note = f"start-up {timed.startup_s:.2f} s"
+    note = f"start-up {timed.startup_s:.2f} s, timed {timed.seconds:.2f} s{note}"
     if not timed.complete:
         note += f"; timed out after {timed.records} records"
     return Figure(name, timed.rate, "records/s", baseline, target, note)
+
+
+async def _best(runs: int, read: Callable[[int], Awaitable[Timed]]) -> Timed:
+    """The fastest of ``runs`` reads (``read(n)`` for n in 0..runs-1): readers that take a
+    fraction of a second are timed more than once, so that one stall elsewhere on the
+    machine does not decide their figure."""
+    return max([await read(n) for n in range(runs)], key=lambda timed: timed.rate)
 
 
 async def _one_layout(
     result: CaseResult, plan: ThroughputPlan, sqlite_url: str, pg_url: str | None
 ) -> None:
     label = f"{plan.shards} shard{'s' if plan.shards > 1 else ''}"
+    timeout_s = plan.timeout_s
     args = [
         "--shards",
         str(plan.shards),
@@ -281,11 +391,44 @@ async def _one_layout(
         str(plan.payload_bytes),
     ]
     with streams_process(*args) as server:
-        ceiling_rate = await server_ceiling(server, readers=32, seconds=plan.ceiling_seconds)
-        result.add(Figure(f"server ceiling, 32 readers, {label}", ceiling_rate, "records/s"))
-        bare = await bare_client(server, plan.total, timeout_s=plan.timeout_s)
-        ceiling = Baseline(CEILING, bare.rate)
-        result.add(_figure(f"{CEILING}, {label}", bare, Baseline("server ceiling", ceiling_rate)))
+        server_rate = await server_ceiling(server, readers=32, seconds=plan.ceiling_seconds)
+        result.add(Figure(f"server ceiling, 32 readers, {label}", server_rate, "records/s"))
+        with _collector_off():
+            blocking = await _best(
+                plan.best_of, lambda _: http_client(server, plan.total, timeout_s=timeout_s)
+            )
+            bare = await _best(
+                plan.best_of, lambda _: bare_client(server, plan.total, timeout_s=timeout_s)
+            )
+        best = f"; best of {plan.best_of} runs"
+        result.add(
+            _figure(
+                f"{CEILING}, {label}", blocking, Baseline("server ceiling", server_rate), note=best
+            )
+        )
+        result.add(
+            _figure(
+                f"{AIOHTTP_CEILING}, {label}", bare, Baseline(CEILING, blocking.rate), note=best
+            )
+        )
+        ceiling = max(
+            Baseline(CEILING, blocking.rate),
+            Baseline(AIOHTTP_CEILING, bare.rate),
+            key=lambda b: b.value,
+        )  # the strongest reader of this layout, named in every row compared with it
+
+        def raw_default(url: str, name: str, worker: str = "") -> Callable[[int], Awaitable[Timed]]:
+            """The raw default's run ``n`` on ``url``, as processor ``<name><n>``."""
+            return lambda n: shardwise(
+                server,
+                url,
+                f"{name}{n}",
+                plan.total,
+                raw=True,
+                timeout_s=timeout_s,
+                worker_yaml=worker,
+            )
+
         naive = await asyncio.to_thread(naive_boto3, server, plan.total)
         baseline = Baseline(NAIVE, naive.rate)
         result.add(_figure(f"{NAIVE}, {label}", naive, ceiling))
@@ -293,17 +436,24 @@ async def _one_layout(
         for store, url in stores:
             name = f"tp{plan.shards}{store[:2].lower()}"
             timed = await shardwise(
-                server, url, name + "a", plan.total, raw=False, timeout_s=plan.timeout_s
+                server, url, name + "a", plan.total, raw=False, timeout_s=timeout_s
             )
             what = f"shardwise, aiobotocore ({store}), {label}"
-            result.add(_figure(what, timed, baseline, Target("ratio", ">=", 5.0)))
-            result.add(_figure(what, timed, ceiling, Target("ratio", ">=", 0.6)))
-            timed = await shardwise(
-                server, url, name + "r", plan.total, raw=True, timeout_s=plan.timeout_s
-            )
+            result.add(_figure(what, timed, baseline))
+            result.add(_figure(what, timed, ceiling))
+            raw = await _best(plan.best_of, raw_default(url, name + "r"))
             what = f"shardwise, raw default ({store}), {label}"
-            result.add(_figure(what, timed, baseline, Target("ratio", ">=", 5.0)))
-            result.add(_figure(what, timed, ceiling, Target("ratio", ">=", 0.6)))
+            # Issue 12's lines: of the ceiling at 4 and 64 shards, 8x the naive loop at all.
+            share = 0.8 if store == "PostgreSQL" else 0.6
+            of_ceiling = Target("ratio", ">=", share) if plan.shards > 1 else None
+            result.add(_figure(what, raw, baseline, Target("ratio", ">=", 8.0), note=best))
+            result.add(_figure(what, raw, ceiling, of_ceiling, note=best))
+        store, url = stores[-1]  # before/after on the store of the last ``raw`` run
+        untuned = await _best(plan.best_of, raw_default(url, f"tp{plan.shards}gc", GC_UNTUNED))
+        what = f"shardwise, raw default ({store}), GC untuned (Python defaults), {label}"
+        tuned = Baseline(f"raw default ({store}), GC tuned", raw.rate)
+        result.add(_figure(what, untuned, ceiling, note=best))
+        result.add(_figure(what, untuned, tuned, note=best))
 
 
 async def run(plans: list[ThroughputPlan], workdir: Path) -> CaseResult:
@@ -320,6 +470,15 @@ async def run(plans: list[ThroughputPlan], workdir: Path) -> CaseResult:
     result.notes.append(
         "server and readers share this machine's cores; the ceiling rows say what the "
         "server alone can hand out"
+    )
+    result.notes.append(
+        "ceilings (b) and (b2) read with the garbage collector off; shardwise is compared "
+        "with the faster of the two in each layout (named in the baseline column)"
+    )
+    result.notes.append(
+        "targets are the raw default's: >= 8x naive boto3, >= 0.8 of the ceiling with "
+        "PostgreSQL and >= 0.6 with SQLite; the aiobotocore fallback and GC-untuned rows "
+        "are reported without targets"
     )
     result.notes.append(
         f"records: {', '.join(f'{p.shards} x {p.records_per_shard:,}' for p in plans)} "

@@ -169,6 +169,50 @@ class TestValidate:
         assert "processors[0].handler" in result.stderr
         assert expected in result.stderr
 
+    @pytest.mark.parametrize(
+        ("handler", "code", "expected"),
+        [
+            ("app.orders.view.handler", 0, "OK (1 processor(s): orders)"),
+            ("app/orders/view.handler", 0, "OK (1 processor(s): orders)"),
+            ("app.orders.view:handler", 0, "OK (1 processor(s): orders)"),
+            (
+                "app.orders.view.lambda_handler",
+                2,
+                "processors[0].handler: handler 'app.orders.view.lambda_handler': "
+                "module 'app.orders.view' has no attribute 'lambda_handler'",
+            ),
+            ("app.orders.nope.handler", 2, "cannot import module 'app.orders.nope'"),
+            ("app/orders/view.py", 2, "processors[0].handler: names a file, not a function"),
+            ("view", 2, "processors[0].handler: must be Lambda's 'file.function'"),
+        ],
+    )
+    def test_lambda_handler_notation(
+        self, tmp_path: Path, handler: str, code: int, expected: str
+    ) -> None:
+        """Lambda's Handler setting (app.orders.view.handler) validates as it is, packages too."""
+        package = tmp_path / "app" / "orders"
+        package.mkdir(parents=True)
+        for init in (tmp_path / "app" / "__init__.py", package / "__init__.py"):
+            init.touch()
+        (package / "view.py").write_text("def handler(event, context):\n    return None\n")
+        text = config_text("http://127.0.0.1:1", "sqlite+aiosqlite:///x.db", handler, ARN)
+        result = shardwise("validate", "-c", str(write_config(tmp_path, text)))
+        assert result.returncode == code, result.stderr
+        assert expected in (result.stdout if code == 0 else result.stderr)
+
+    @pytest.mark.parametrize(
+        ("processes", "code"), [("auto", 0), ("2", 0), ("0", 2), ("-1", 2), ("many", 2)]
+    )
+    def test_worker_processes(self, tmp_path: Path, processes: str, code: int) -> None:
+        handler, _ = recording_handler(tmp_path)
+        text = config_text("http://127.0.0.1:1", "sqlite+aiosqlite:///x.db", handler, ARN)
+        text = text.replace("shard_sync_interval_seconds: 1", f"processes: {processes}")
+        result = shardwise("validate", "-c", str(write_config(tmp_path, text)))
+        assert result.returncode == code, result.stderr
+        if code:
+            message = 'worker.processes: must be "auto" or a whole number 1..256'
+            assert message in result.stderr
+
     def test_run_refuses_a_bad_handler_before_connecting(self, tmp_path: Path) -> None:
         config = write_config(
             tmp_path,

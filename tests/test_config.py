@@ -208,9 +208,12 @@ class TestValues:
             ("starting_position", "trim_horizon", "must be one of TRIM_HORIZON, LATEST"),
             ("starting_position", "AT_TIMESTAMP", "AT_TIMESTAMP is Kinesis-only; use "),
             ("on_trimmed_data", "skip", "must be one of trim_horizon, stop"),
-            ("handler", "app/orders.py", "must be 'module:attribute', like app.orders:handler"),
-            ("handler", "app.orders.handler", "(Lambda's 'app.orders.handler' is written "),
-            ("handler", "app.orders:", "must be 'module:attribute'"),
+            ("handler", "app/orders.py", "names a file, not a function: add the function, e.g. "),
+            ("handler", "handler", "must be Lambda's 'file.function' (app.orders.handler) or "),
+            ("handler", "app.orders:", "or 'module:attribute' (app.orders:handler)"),
+            ("handler", "app..orders.handler", "must be Lambda's 'file.function'"),
+            ("handler", "app.orders.", "must be Lambda's 'file.function'"),
+            ("handler", "app-orders.handler", "must be Lambda's 'file.function'"),
             ("handler", 42, "must be a string"),
             ("name", "-orders", "must be 1-128 characters"),
             ("name", "x" * 129, "must be 1-128 characters"),
@@ -225,6 +228,20 @@ class TestValues:
         (problem,) = problems(config_text(processor(**{key: value})))
         assert problem.startswith(f"processors[0].{key}: ")
         assert message in problem
+
+    @pytest.mark.parametrize(
+        "handler",
+        [
+            "app.orders:handler",  # module:attribute
+            "views:Orders.process",  # a dotted attribute
+            "app.orders.handler",  # Lambda's file.function, moved unchanged
+            "lambda_function.lambda_handler",  # the console's default
+            "app/orders.handler",  # Lambda reads slashes as package separators
+            "src.app.orders.handler",  # nested packages
+        ],
+    )
+    def test_good_handlers(self, handler: str) -> None:
+        assert parse(config_text(processor(handler=handler))).processors[0].handler == handler
 
     @pytest.mark.parametrize("name", ["a", "A" * 128, "orders.view_2-b"])
     def test_good_names(self, name: str) -> None:
@@ -571,3 +588,23 @@ class TestRedaction:
     def test_redacted_is_json(self) -> None:
         safe = load_config(EXAMPLE, env={}).redacted()
         assert json.loads(json.dumps(safe))["processors"][0]["starting_position"] == "TRIM_HORIZON"
+
+
+class TestProcesses:
+    """worker.processes: a whole number 1..256 or "auto"; anything else names the key."""
+
+    @pytest.mark.parametrize(
+        ("value", "expected"), [(1, 1), (4, 4), (256, 256), ("auto", "auto"), ("${N}", 3)]
+    )
+    def test_accepted(self, value: object, expected: object) -> None:
+        settings = parse(config_text(worker={"processes": value}), env={"N": "3"})
+        assert settings.worker.processes == expected
+
+    def test_default_is_one(self) -> None:
+        assert parse(config_text()).worker.processes == 1
+
+    @pytest.mark.parametrize("value", [0, -1, 257, "many", "", 2.5, True, None, [2]])
+    def test_rejected(self, value: object) -> None:
+        assert problems(config_text(worker={"processes": value})) == [
+            'worker.processes: must be "auto" or a whole number 1..256'
+        ]

@@ -18,12 +18,11 @@ from typing import Any, cast
 
 import pytest
 import structlog
-from examples import orders_view
 
-import shardwise
 from shardwise import demo
 from shardwise.config import load_config
 from shardwise.demo import OrderTraffic, OrderWriter, run_demo
+from shardwise.examples import orders_view
 from shardwise.observe.progress import ProcessorProgress
 from shardwise.processors import import_handler
 from shardwise.store import CheckpointStore
@@ -49,7 +48,6 @@ def isolated_process_state() -> Iterator[None]:
         logging.getLogger("werkzeug").setLevel(werkzeug_level)
         structlog.configure(**structlog_config)
         sys.path[:] = path
-        sys.modules.pop(demo.HANDLER_MODULE, None)
 
 
 def query(db: Path, sql: str) -> list[tuple[Any, ...]]:
@@ -116,23 +114,6 @@ class TestUnavailable:
         assert run_demo(seconds=1, writes_per_second=10, workdir=tmp_path) == 2
         assert "pip install 'shardwise[demo]'" in capsys.readouterr().err
 
-    def test_without_examples(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-    ) -> None:
-        monkeypatch.chdir(tmp_path)
-        monkeypatch.setattr(shardwise, "__file__", str(tmp_path / "site" / "shardwise" / "x.py"))
-        assert demo.find_examples() is None
-        assert run_demo(seconds=1, writes_per_second=10, workdir=tmp_path) == 2
-        assert "examples/orders_view.py" in capsys.readouterr().err
-
-    def test_examples_found_in_the_current_directory_first(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        (tmp_path / "examples").mkdir()
-        (tmp_path / "examples" / "orders_view.py").touch()
-        monkeypatch.chdir(tmp_path)
-        assert demo.find_examples() == (tmp_path / "examples").resolve()
-
     def test_bad_rate(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         assert run_demo(seconds=1, writes_per_second=0, workdir=tmp_path) == 2
         assert "--writes-per-second" in capsys.readouterr().err
@@ -169,7 +150,7 @@ class TestTimeline:
     """After --seconds: writing stops, the processor catches up, then exactly one drain."""
 
     def supervisor(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Supervisor:
-        settings = demo.demo_settings("http://127.0.0.1:9", tmp_path, REPO / "examples")
+        settings = demo.demo_settings("http://127.0.0.1:9", tmp_path)
         supervisor = Supervisor(settings)
         request_stop = supervisor.request_stop
         self.stop_requests = 0
@@ -342,7 +323,26 @@ class TestExampleConfig:
         settings = load_config(REPO / "examples" / "shardwise.yaml", env={})
         [processor] = settings.processors
         assert processor.source.dynamodb.table == "Orders"
-        assert callable(import_handler(processor.handler, search_paths(settings)))
+        assert processor.handler == "orders_view.handler"  # Lambda's notation, unchanged
+        assert import_handler(processor.handler, search_paths(settings)) is orders_view.handler
+
+
+class TestShippedHandler:
+    """The demo's handler is in the package, so the demo needs no source checkout."""
+
+    def test_the_demo_imports_it_from_the_package(self, tmp_path: Path) -> None:
+        [processor] = demo.demo_settings("http://127.0.0.1:9", tmp_path).processors
+        assert processor.handler == "shardwise.examples.orders_view.handler"
+        assert import_handler(processor.handler) is orders_view.handler
+        package = Path(demo.__file__).parent
+        assert Path(orders_view.__file__).is_relative_to(package)
+
+    def test_examples_dir_names_the_same_handler(self) -> None:
+        """examples/orders_view.py is the readable place, not a second copy."""
+        from examples import orders_view as readable
+
+        assert readable.handler is orders_view.handler
+        assert readable.DB_PATH_ENV == orders_view.DB_PATH_ENV
 
 
 # --- the real command ---------------------------------------------------------------------

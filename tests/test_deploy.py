@@ -15,11 +15,16 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from shardwise.config import Settings, parse_config
 from shardwise.observe.health import ObserveServer
@@ -34,6 +39,8 @@ CONFIG_PATH = "/etc/shardwise/shardwise.yaml"
 RUN_ARGS = ["run", "-c", CONFIG_PATH]
 ENV = {"SHARDWISE_STORE_URL": "postgresql+asyncpg://shardwise:pw@db:5432/shardwise"}
 METRIC = re.compile(r"\b(?:shardwise|process|python)_[a-z0-9_]+\b")
+CONSTRAINTS = "requirements/constraints.txt"  # the image's pins (make lock)
+DEV_CONSTRAINTS = "requirements/constraints-dev.txt"  # make test's: plus the dev and demo extras
 
 
 def dockerfile() -> list[tuple[str, str]]:
@@ -125,11 +132,24 @@ class TestDockerfile:
         assert "/healthz" in one(final, "HEALTHCHECK")
 
     def test_dockerignore_allows_only_the_build_inputs(self) -> None:
-        """The context is pyproject, README and src: no venv, tests or databases."""
+        """The context is pyproject, README, src and the pins: no venv, tests or databases."""
         lines = (ROOT / ".dockerignore").read_text().splitlines()
         rules = [line for line in lines if line and not line.startswith("#")]
         assert rules[0] == "*"
-        assert {"!pyproject.toml", "!README.md", "!src/"} <= set(rules)
+        assert {"!pyproject.toml", "!README.md", "!src/", f"!{CONSTRAINTS}"} <= set(rules)
+
+    def test_dependencies_are_installed_at_the_pinned_versions(self) -> None:
+        """The builder copies the constraints file and installs the wheel with it."""
+        builder = stages()[0]
+        copies = [a.split() for k, a in builder if k == "COPY"]
+        assert [CONSTRAINTS, "./requirements/"] in copies
+        installs = [a for k, a in builder if k == "RUN" and "pip install" in a]
+        assert installs
+        for run in installs:
+            command = run.split("pip install", 1)[1].split("&&", 1)[0].split()
+            assert "shardwise-*.whl" in command[-1]
+            assert command[0] in {"-c", "--constraint"}
+            assert command[1] == CONSTRAINTS
 
     async def test_healthcheck_command_probes_healthz(self) -> None:
         """The HEALTHCHECK's Python one-liner exits 0 on 200 and fails on 503."""
@@ -152,6 +172,115 @@ class TestDockerfile:
                     sys.executable, "-c", code, stderr=asyncio.subprocess.DEVNULL
                 )
                 assert await process.wait() == expected
+
+
+def pinned(path: str) -> dict[str, list[tuple[str, str]]]:
+    """``name -> [(version, marker)]`` of a lock file; every requirement line must be ``==``."""
+    pins: dict[str, list[tuple[str, str]]] = {}
+    for raw in (ROOT / path).read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        requirement, _, marker = (part.strip() for part in line.partition(";"))
+        found = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([0-9][A-Za-z0-9.+!-]*)", requirement)
+        assert found, f"{path}: {raw!r} is not pinned with =="
+        pins.setdefault(canonicalize_name(found[1]), []).append((found[2], marker))
+    return pins
+
+
+def project() -> dict[str, Any]:
+    table: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return table
+
+
+def runtime_requirements() -> list[Requirement]:
+    return [Requirement(text) for text in project()["dependencies"]]
+
+
+def bounds(specifier: SpecifierSet) -> tuple[Version, Version]:
+    """The ``>=`` and ``<`` versions of a range like ``>=1.43.115,<1.43.118``."""
+    [lower] = [Version(s.version) for s in specifier if s.operator == ">="]
+    [upper] = [Version(s.version) for s in specifier if s.operator == "<"]
+    return lower, upper
+
+
+class TestLockedDependencies:
+    """requirements/*.txt pin everything pyproject.toml asks for; make and the image use them."""
+
+    @pytest.mark.parametrize(
+        ("path", "extras"), [(CONSTRAINTS, ()), (DEV_CONSTRAINTS, ("dev", "demo"))]
+    )
+    def test_every_dependency_is_pinned(self, path: str, extras: tuple[str, ...]) -> None:
+        """Each dependency (and each extra's) has an == pin inside pyproject's range."""
+        pins = pinned(path)
+        wanted = runtime_requirements()
+        for extra in extras:
+            wanted += [Requirement(text) for text in project()["optional-dependencies"][extra]]
+        for requirement in wanted:
+            versions = pins.get(canonicalize_name(requirement.name))
+            assert versions, f"{requirement.name} is not pinned in {path}: run make lock"
+            for version, _ in versions:
+                assert version in requirement.specifier, f"{path}: {requirement} vs {version}"
+
+    def test_the_image_pins_are_the_ones_ci_tests(self) -> None:
+        """Every runtime pin has the same version in the dev lock that make test installs."""
+        runtime, dev = pinned(CONSTRAINTS), pinned(DEV_CONSTRAINTS)
+        for name, versions in runtime.items():
+            assert {v for v, _ in versions} <= {v for v, _ in dev.get(name, [])}, name
+
+    def test_make_installs_with_the_dev_pins(self) -> None:
+        """Every pip install of the project in the Makefile passes the dev constraints."""
+        makefile = (ROOT / "Makefile").read_text()
+        assert f"DEV_CONSTRAINTS := {DEV_CONSTRAINTS}" in makefile
+        installs = [
+            line for line in makefile.splitlines() if "pip install" in line and " -e " in line
+        ]
+        assert len(installs) >= 2
+        assert all("-c $(DEV_CONSTRAINTS) -e '.[" in line for line in installs)
+
+    def test_only_make_lock_needs_uv(self) -> None:
+        """uv appears in the lock recipe and nowhere that make test or make demo runs."""
+        text = (ROOT / "Makefile").read_text().replace("\\\n", " ")
+        lines = [line for line in text.splitlines() if not line.startswith("#")]
+        start = lines.index("lock: | $(BIN)/python")
+        recipe = lines[start + 1 : lines.index("", start)]
+        assert "\t$(UV_COMPILE) --output-file $(CONSTRAINTS)" in recipe
+        assert "\t$(UV_COMPILE) --extra dev --extra demo --output-file $(DEV_CONSTRAINTS)" in recipe
+        uses = [line for line in lines if re.search(r"\buv\b|UV_COMPILE", line)]
+        [definition] = [line for line in uses if line.startswith("UV_COMPILE =")]
+        assert "uv pip compile pyproject.toml" in definition
+        assert set(uses) - set(recipe) == {definition}
+
+
+class TestDependencyRanges:
+    """aiobotocore and boto3 resolve at once: no extra that does not exist, no backtracking."""
+
+    def test_no_requirement_asks_for_a_missing_extra(self) -> None:
+        """aiobotocore[boto3] warned on every install: aiobotocore has no such extra any more."""
+        for requirement in runtime_requirements():
+            provided = metadata.metadata(requirement.name).get_all("Provides-Extra") or []
+            assert requirement.extras <= set(provided), requirement
+
+    def test_boto3_wants_a_botocore_inside_aiobotocores_range(self) -> None:
+        """Every boto3 release allowed wants botocore >= its own version (< the next minor):
+        all of them must lie in the botocore range aiobotocore pins, so pip never backtracks."""
+        ranges = {r.name: r.specifier for r in runtime_requirements()}
+        [botocore] = [
+            Requirement(text).specifier
+            for text in metadata.requires("aiobotocore") or []
+            if Requirement(text).name == "botocore" and not Requirement(text).marker
+        ]
+        assert Version(metadata.version("aiobotocore")) in ranges["aiobotocore"]
+        boto3_lower, boto3_upper = bounds(ranges["boto3"])
+        botocore_lower, botocore_upper = bounds(botocore)
+        assert botocore_lower <= boto3_lower and boto3_upper <= botocore_upper
+        # The installed (locked) boto3 agrees with the installed aiobotocore on botocore.
+        [wanted_by_boto3] = [
+            Requirement(text).specifier
+            for text in metadata.requires("boto3") or []
+            if Requirement(text).name == "botocore" and not Requirement(text).marker
+        ]
+        assert metadata.version("botocore") in wanted_by_boto3 & botocore
 
 
 class TestEntrypoint:

@@ -153,7 +153,7 @@ def load(output: str, env: dict[str, str] | None = None) -> Settings:
     """
     document = yaml.safe_load(output)
     for processor in document["processors"]:
-        assert processor["handler"] in (PLACEHOLDER_HANDLER, "app:handler")
+        assert processor["handler"] in (PLACEHOLDER_HANDLER, "app.handler")
         processor["handler"] = "app.orders:handler"
         for key in NEW_KEYS:
             if key not in ProcessorConfig.model_fields:
@@ -243,7 +243,26 @@ class TestGetEventSourceMapping:
     def test_name_and_handler_options(self) -> None:
         output = esm_to_processor_yaml(json.dumps(GET_ESM), name="orders", handler="app.handler")
         processor = yaml.safe_load(output)["processors"][0]
-        assert (processor["name"], processor["handler"]) == ("orders", "app:handler")
+        assert (processor["name"], processor["handler"]) == ("orders", "app.handler")
+
+    @pytest.mark.parametrize(
+        "handler", ["app.orders.handler", "app/orders.handler", "app.orders:handler"]
+    )
+    def test_handler_moves_unchanged_and_loads(self, handler: str) -> None:
+        """The function's Handler setting is written as Lambda has it, and validates."""
+        output = esm_to_processor_yaml(json.dumps(GET_ESM), handler=handler)
+        assert f"    handler: {handler}\n" in output
+        document = yaml.safe_load(output)
+        for processor in document["processors"]:
+            for key in NEW_KEYS:
+                if key not in ProcessorConfig.model_fields:
+                    processor.pop(key, None)
+        (processor,) = parse_config(yaml.safe_dump(document), env={}).processors
+        assert processor.handler == handler
+
+    def test_a_bad_handler_is_refused(self) -> None:
+        with pytest.raises(EsmImportError, match=r"--handler 'app/orders\.py': names a file"):
+            esm_to_processor_yaml(json.dumps(GET_ESM), handler="app/orders.py")
 
     def test_list_event_source_mappings(self) -> None:
         second = {**GET_ESM, "UUID": "2", "FunctionArn": "arn:aws:lambda:r:1:function:audit"}

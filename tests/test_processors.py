@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
+import re
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from shardwise.errors import HandlerImportError, HandlerTimeoutError
-from shardwise.processors import LambdaContext, build_processor, import_handler
+from shardwise.processors import LambdaContext, build_processor, import_handler, split_handler
 from shardwise.records import Batch, ShardId
 from tests.e2e import write_module
 
@@ -137,7 +140,79 @@ class TestImport:
         )
         assert import_handler("nested_attr:Box.run", [tmp_path])({}, None) == 1
 
-    @pytest.mark.parametrize("ref", ["no_colon", ":handler", "module:"])
+    @pytest.mark.parametrize("ref", ["no_dot_or_colon", ":handler", "module:", "module.", ".f"])
     def test_bad_reference(self, ref: str) -> None:
-        with pytest.raises(HandlerImportError, match="expected 'module:callable'"):
+        message = "must be Lambda's 'file.function' (app.orders.handler) or 'module:attribute'"
+        with pytest.raises(HandlerImportError, match=re.escape(f"handler {ref!r}: {message}")):
             import_handler(ref, [])
+
+
+def nested_package(root: Path) -> str:
+    """``<root>/<pkg>/orders/view.py`` with ``handler`` and class ``View``; returns ``pkg``."""
+    package = f"app_{uuid.uuid4().hex[:8]}"
+    leaf = root / package / "orders"
+    leaf.mkdir(parents=True)
+    (root / package / "__init__.py").touch()
+    (leaf / "__init__.py").touch()
+    (leaf / "view.py").write_text(
+        "def handler(event, context):\n    return 'view'\n\n"
+        "class View:\n    def process(self, event, context):\n        return 'class'\n"
+    )
+    importlib.invalidate_caches()
+    return package
+
+
+class TestLambdaNotation:
+    """Lambda's Handler setting (file.function) moves unchanged; module:attribute still works."""
+
+    def test_both_notations_name_the_same_function(self, tmp_path: Path) -> None:
+        write_module(tmp_path, "lambda_function", "def lambda_handler(e, c): return 'ok'\n")
+        lambda_style = import_handler("lambda_function.lambda_handler", [tmp_path])
+        assert lambda_style is import_handler("lambda_function:lambda_handler", [tmp_path])
+        assert lambda_style({}, None) == "ok"
+
+    def test_nested_packages(self, tmp_path: Path) -> None:
+        package = nested_package(tmp_path)
+        dotted = import_handler(f"{package}.orders.view.handler", [tmp_path])
+        assert dotted.__module__ == f"{package}.orders.view"
+        assert dotted({}, None) == "view"
+        # Lambda's runtime reads slashes in the file part as package separators.
+        assert import_handler(f"{package}/orders/view.handler", [tmp_path]) is dotted
+        assert import_handler(f"{package}.orders.view:handler", [tmp_path]) is dotted
+
+    def test_the_last_dot_splits_module_and_function(self, tmp_path: Path) -> None:
+        """As in Lambda: a class method needs module:attribute, the dot form finds no module."""
+        package = nested_package(tmp_path)
+        assert import_handler(f"{package}.orders.view:View", [tmp_path])().process({}, None)
+        with pytest.raises(HandlerImportError, match=f"cannot import module '{package}"):
+            import_handler(f"{package}.orders.view.View.process", [tmp_path])
+
+    def test_missing_function(self, tmp_path: Path) -> None:
+        package = nested_package(tmp_path)
+        ref = f"{package}.orders.view.lambda_handler"
+        expected = f"handler {ref!r}: module '{package}.orders.view' has no attribute "
+        with pytest.raises(HandlerImportError, match=re.escape(expected + "'lambda_handler'")):
+            import_handler(ref, [tmp_path])
+
+    def test_missing_module(self, tmp_path: Path) -> None:
+        with pytest.raises(HandlerImportError, match=r"cannot import module 'no_such_app\.orders'"):
+            import_handler("no_such_app.orders.handler", [tmp_path])
+
+    def test_a_file_name_is_not_a_handler(self) -> None:
+        with pytest.raises(
+            HandlerImportError, match=r"names a file, not a function: .*app\.orders\.handler"
+        ):
+            import_handler("app/orders.py", [])
+
+    @pytest.mark.parametrize(
+        ("ref", "parts"),
+        [
+            ("app.orders.handler", ("app.orders", "handler")),
+            ("app/orders.handler", ("app.orders", "handler")),
+            ("lambda_function.lambda_handler", ("lambda_function", "lambda_handler")),
+            ("app.orders:handler", ("app.orders", "handler")),
+            ("views:Orders.process", ("views", "Orders.process")),
+        ],
+    )
+    def test_split(self, ref: str, parts: tuple[str, str]) -> None:
+        assert split_handler(ref) == parts

@@ -190,6 +190,8 @@ class TestFaults:
             ("GetRecords", "InternalServerError", 3),
             ("GetShardIterator", "LimitExceededException", 2),
             ("DescribeStream", "InternalServerError", 2),
+            # Expired credentials: a clear error, retried with backoff, never a stall.
+            ("GetRecords", "ExpiredTokenException", 2),
         ],
     )
     @pytest.mark.parametrize("transport", ["raw", "aiobotocore"])

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -23,6 +25,9 @@ from shardwise.esm_import import add_import_esm_command
 from shardwise.leases.cli import add_leases_commands
 from shardwise.observe.logging import configure_logging
 from shardwise.observe.table import format_table
+
+if TYPE_CHECKING:
+    from shardwise.workers import WorkerProcess
 
 __all__ = ["main"]
 
@@ -43,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the processors of a config until stopped")
     add_config_argument(run)
+    # Internal: how `run` starts its worker processes (worker.processes > 1; workers/).
+    run.add_argument("--as-worker-process", metavar="WORKER_ID", help=argparse.SUPPRESS)
+    run.add_argument("--parent-fd", type=int, help=argparse.SUPPRESS)
     run.set_defaults(func=_cmd_run)
 
     validate = commands.add_parser("validate", help="check a config and import its handlers")
@@ -95,27 +103,57 @@ def _load(path: Path) -> Settings:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from shardwise.workers import WorkerPool, WorkerProcess, resolve_processes
+
     settings = _load(args.config)
     configure_logging(settings.log.level, settings.log.format)
+    if args.as_worker_process is not None:
+        child = WorkerProcess(args.as_worker_process, args.parent_fd)
+        structlog.contextvars.bind_contextvars(worker=child.worker_id)
+        asyncio.run(serve(child.settings(settings), config_path=args.config, child=child))
+        return EXIT_OK
+    processes = resolve_processes(settings.worker.processes)
+    if processes > 1:
+        pool = WorkerPool(settings, config_path=args.config, processes=processes)
+        return asyncio.run(pool.run())
     asyncio.run(serve(settings, config_path=args.config))
     return EXIT_OK
 
 
-async def serve(settings: Settings, *, config_path: Path | None = None) -> None:
-    """The daemon: the supervisor, with /metrics, /healthz and /readyz on ``http.bind``."""
+async def serve(
+    settings: Settings, *, config_path: Path | None = None, child: WorkerProcess | None = None
+) -> None:
+    """The daemon: the supervisor, with /metrics, /healthz and /readyz on ``http.bind``.
+
+    ``child``: this is one of the worker processes ``run`` starts for ``worker.processes``;
+    it reports its endpoint to the parent and drains if the parent goes away.
+    """
     from shardwise.observe.health import ObserveServer
     from shardwise.supervisor import Supervisor
 
-    supervisor = Supervisor(settings, config_path=config_path)
-    async with ObserveServer(
-        settings,
-        supervisor.progress,
-        store=lambda: supervisor.store,
-        started=supervisor.started,
-        stopping=supervisor.stop_event,
-        max_checkpoint_stall_s=settings.health.max_checkpoint_stall_seconds,
-        failed=supervisor.failed,
+    supervisor = Supervisor(
+        settings, config_path=config_path, adjust=child.settings if child else None
+    )
+    async with (
+        ObserveServer(
+            settings,
+            supervisor.progress,
+            store=lambda: supervisor.store,
+            started=supervisor.started,
+            stopping=supervisor.stop_event,
+            max_checkpoint_stall_s=settings.health.max_checkpoint_stall_seconds,
+            failed=supervisor.failed,
+        ) as server,
+        contextlib.AsyncExitStack() as stack,
     ):
+        if child is not None:
+
+            def drain() -> None:  # once: a second request would cancel in-flight work
+                if not supervisor.stop_event.is_set():
+                    supervisor.request_stop()
+
+            link = child.link(server.bound_port, started=supervisor.started, on_parent_gone=drain)
+            await stack.enter_async_context(link)
         await supervisor.run()
 
 

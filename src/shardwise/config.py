@@ -38,6 +38,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from shardwise.dispatch.filters import MAX_FILTERS, validate_pattern
 from shardwise.errors import ConfigError
+from shardwise.processors import split_handler
 from shardwise.records import StartingPosition
 from shardwise.store.engine import redact_url
 
@@ -46,6 +47,7 @@ __all__ = [
     "AwsConfig",
     "DestinationConfig",
     "DynamoDBSourceConfig",
+    "EndpointsConfig",
     "FilterConfig",
     "FilterCriteriaConfig",
     "GcConfig",
@@ -90,14 +92,8 @@ def _pattern(pattern: str, message: str) -> AfterValidator:
 
 
 def _handler(value: str) -> str:
-    module, sep, attribute = value.partition(":")
-    if sep and attribute.isidentifier() and all(p.isidentifier() for p in module.split(".")):
-        return value
-    hint = ""
-    if not sep and "." in value:
-        module, _, attribute = value.rpartition(".")
-        hint = f" (Lambda's {value!r} is written {module + ':' + attribute!r} here)"
-    raise ValueError(f"must be 'module:attribute', like app.orders:handler{hint}")
+    split_handler(value)  # Lambda's file.function or module:attribute; ValueError says why
+    return value
 
 
 def _stream_arn(value: str) -> str:
@@ -174,13 +170,35 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_OptionalEndpoint = Annotated[Annotated[str, _ENDPOINT_URL] | None, _BLANK_IS_NONE]
+
+
+class EndpointsConfig(_Model):
+    """One service's endpoint (a VPC interface endpoint, a proxy): None falls back to
+    ``aws.endpoint_url``, then to botocore's own resolution."""
+
+    dynamodbstreams: _OptionalEndpoint = None
+    """DynamoDB Streams (GetRecords, DescribeStream, GetShardIterator)."""
+    dynamodb: _OptionalEndpoint = None
+    """DynamoDB (DescribeTable, for ``source.dynamodb.table``)."""
+    sqs: _OptionalEndpoint = None
+    """SQS on-failure destinations."""
+    sns: _OptionalEndpoint = None
+    """SNS on-failure destinations."""
+    s3: _OptionalEndpoint = None
+    """S3 on-failure destinations."""
+
+
 class AwsConfig(_Model):
-    """How to reach DynamoDB; None means "as botocore resolves it"."""
+    """How to reach AWS; None means "as botocore resolves it"."""
 
     region: OptionalText = None
     """Region; None: AWS_REGION / AWS_DEFAULT_REGION / the profile's, as botocore decides."""
-    endpoint_url: Annotated[Annotated[str, _ENDPOINT_URL] | None, _BLANK_IS_NONE] = None
-    """moto / LocalStack endpoint; None: real AWS."""
+    endpoint_url: _OptionalEndpoint = None
+    """One endpoint for every service (moto, LocalStack); None: as botocore resolves each
+    (partition, FIPS, dual-stack, AWS_ENDPOINT_URL[_<SERVICE>], the profile's services)."""
+    endpoints: EndpointsConfig = EndpointsConfig()
+    """Per-service endpoints, taking precedence over endpoint_url."""
     profile: OptionalText = None
     """Named profile from ~/.aws/config; None: the default credential chain."""
     transport: Literal["raw", "aiobotocore"] = "raw"
@@ -258,6 +276,22 @@ class GcConfig(_Model):
     (700, 10, 10), which re-scans every decoded record alive in pages and batches often."""
 
 
+MAX_PROCESSES = 256
+
+
+def _processes(value: object) -> int | Literal["auto"]:
+    """A whole number of worker processes, or "auto"; ``${VAR}`` gives text like "4"."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if type(value) is int and 1 <= value <= MAX_PROCESSES:
+        return value
+    raise PydanticCustomError(
+        "processes", 'must be "auto" or a whole number 1..{limit}', {"limit": MAX_PROCESSES}
+    )
+
+
 class WorkerConfig(_Model):
     """This process as a whole."""
 
@@ -273,6 +307,9 @@ class WorkerConfig(_Model):
     """Most shards this worker holds at once; default: no limit."""
     gc: GcConfig = GcConfig()
     """The garbage collector's settings for this process."""
+    processes: Annotated[int | Literal["auto"], BeforeValidator(_processes)] = 1
+    """Worker processes ``run`` starts, each its own worker in the lease table (id
+    ``<id>-p<k>``); "auto": the CPUs this process may use (affinity, cgroup quota)."""
 
 
 class HealthConfig(_Model):
@@ -354,7 +391,8 @@ class ProcessorConfig(_Model):
     """Unique; also the checkpoint namespace, so renaming starts over."""
     source: SourceConfig
     handler: Annotated[str, AfterValidator(_handler)]
-    """module:attribute, imported with the config file's directory on sys.path."""
+    """Lambda's file.function (app.orders.handler) or module:attribute, imported with the
+    config file's directory on sys.path."""
     starting_position: StartingPosition
     """StartingPosition: where to begin on a stream never read before."""
     batch_size: Int = Field(default=100, ge=1, le=10_000)

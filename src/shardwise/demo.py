@@ -3,8 +3,9 @@
 Everything runs in this process. moto's server, on a free local port, stands in for DynamoDB
 and DynamoDB Streams (real HTTP, the same API calls as AWS). A writer inserts, updates and
 deletes orders in a table ``Orders`` at a steady rate, and a ``Supervisor`` runs the stock
-Lambda handler ``examples/orders_view.py`` on the table's stream, keeping a materialized view
-in SQLite. Once a second a progress line shows what was written, processed and checkpointed.
+Lambda handler ``shardwise.examples.orders_view.handler`` (shipped in the package, so the demo
+works from an installed wheel) on the table's stream, keeping a materialized view in SQLite.
+Once a second a progress line shows what was written, processed and checkpointed.
 
 Stopping: on Ctrl-C or SIGTERM writing stops and the supervisor drains at once; after
 ``--seconds`` writing stops and the processor gets a few seconds to catch up first. Then moto
@@ -36,7 +37,6 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from boto3.session import Session
 
-import shardwise
 from shardwise.clock import sleep_or_stop
 from shardwise.config import Settings, parse_config
 from shardwise.observe.logging import configure_logging
@@ -55,7 +55,8 @@ EXIT_INVALID = 2  # as the CLI: the demo cannot run as asked
 TABLE = "Orders"
 REGION = "us-east-1"
 PROCESSOR = "orders-view"
-HANDLER_MODULE = "orders_view"
+HANDLER_MODULE = "shardwise.examples.orders_view"
+HANDLER = f"{HANDLER_MODULE}.handler"  # Lambda's file.function notation
 VIEW_DB = "orders_view.db"
 VIEW_DB_ENV = "ORDERS_VIEW_DB"
 CHECKPOINTS_DB = "demo-checkpoints.db"
@@ -88,14 +89,6 @@ def run_demo(seconds: float | None, writes_per_second: float, workdir: Path | No
             file=sys.stderr,
         )
         return EXIT_INVALID
-    examples = find_examples()
-    if examples is None:
-        print(
-            f"error: the demo runs examples/{HANDLER_MODULE}.py from a shardwise source "
-            "checkout; run it from the repository root (make demo)",
-            file=sys.stderr,
-        )
-        return EXIT_INVALID
     workdir = _prepare_workdir(workdir)
     view_db = workdir / VIEW_DB
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request lines
@@ -105,7 +98,7 @@ def run_demo(seconds: float | None, writes_per_second: float, workdir: Path | No
         with _demo_environment(view_db):
             endpoint_url = _endpoint(server)
             table = create_orders_table(endpoint_url)
-            settings = demo_settings(endpoint_url, workdir, examples)
+            settings = demo_settings(endpoint_url, workdir)
             configure_logging(settings.log.level, settings.log.format)
             print(
                 f"shardwise demo: table {TABLE} on moto at {endpoint_url}, "
@@ -126,15 +119,6 @@ def run_demo(seconds: float | None, writes_per_second: float, workdir: Path | No
 
 
 # --- setting the stage ----------------------------------------------------------------------
-
-
-def find_examples() -> Path | None:
-    """``./examples`` (``make demo`` runs from the repository root), else the source tree's."""
-    source_tree = Path(shardwise.__file__).resolve().parents[2]
-    for candidate in (Path.cwd() / "examples", source_tree / "examples"):
-        if (candidate / f"{HANDLER_MODULE}.py").is_file():
-            return candidate.resolve()
-    return None
 
 
 def _prepare_workdir(workdir: Path | None) -> Path:
@@ -188,8 +172,8 @@ def create_orders_table(endpoint_url: str) -> Table:
     return session.resource("dynamodb", endpoint_url=endpoint_url).Table(TABLE)
 
 
-def demo_settings(endpoint_url: str, workdir: Path, examples: Path) -> Settings:
-    """One processor running ``orders_view:handler`` on the demo table, checkpoints in SQLite."""
+def demo_settings(endpoint_url: str, workdir: Path) -> Settings:
+    """One processor running ``HANDLER`` on the demo table, checkpoints in SQLite."""
     store_url = f"sqlite+aiosqlite:///{workdir / CHECKPOINTS_DB}"
     text = f"""
 aws:
@@ -204,11 +188,11 @@ worker:
 processors:
   - name: {PROCESSOR}
     source: {{dynamodb: {{table: {TABLE}}}}}
-    handler: {HANDLER_MODULE}:handler
+    handler: {HANDLER}
     starting_position: TRIM_HORIZON
     batch_size: 100
 """
-    return parse_config(text, source="<shardwise demo>", config_dir=examples)
+    return parse_config(text, source="<shardwise demo>", config_dir=workdir)
 
 
 def _yaml_text(value: str) -> str:

@@ -4,7 +4,7 @@
 
     ShardwiseError
     ├── ConfigError                      bad YAML or settings (names the YAML path)
-    ├── HandlerImportError               handler "module:callable" cannot be imported
+    ├── HandlerImportError               the handler setting names nothing importable
     ├── HandlerError                     the handler raised or returned something invalid
     │   └── HandlerTimeoutError          the handler ran past timeout_seconds
     ├── StoreError            retriable  the checkpoint store could not be reached / written
@@ -61,7 +61,7 @@ class ConfigError(ShardwiseError):
 
 
 class HandlerImportError(ShardwiseError):
-    """A ``module:callable`` handler reference cannot be imported."""
+    """A handler setting (``file.function`` or ``module:callable``) cannot be imported."""
 
 
 class HandlerError(ShardwiseError):

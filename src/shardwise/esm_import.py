@@ -3,7 +3,7 @@
 Reads ``aws lambda get-event-source-mapping`` JSON, or a CloudFormation/SAM template (JSON or
 YAML) whose ``AWS::Lambda::EventSourceMapping`` resources and ``DynamoDB`` events of functions
 each become a processor, every key commented with its ESM parameter. The unknowable is said, not
-guessed: the Python handler is ``CHANGE_ME.module:handler``; ``!Ref``/``!GetAtt``/``!Sub`` become
+guessed: the Python handler is ``CHANGE_ME.module.handler``; ``!Ref``/``!GetAtt``/``!Sub`` become
 ``${NAME}`` variables for shardwise to expand; settings shardwise does not run yet are flagged;
 ESM keys without a shardwise setting are listed. Non-DynamoDB sources are refused or skipped.
 """
@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from shardwise.dispatch.filters import FilterPatternError, compile_filters
+from shardwise.processors import split_handler
 
 __all__ = [
     "PLACEHOLDER_HANDLER",
@@ -29,7 +30,7 @@ __all__ = [
     "esm_to_processor_yaml",
 ]
 
-PLACEHOLDER_HANDLER = "CHANGE_ME.module:handler"
+PLACEHOLDER_HANDLER = "CHANGE_ME.module.handler"
 
 _SETTINGS = {  # ESM parameter -> processor key, copied as they are
     "StartingPosition": "starting_position",
@@ -70,7 +71,16 @@ class _Mapping:
 
 
 def esm_to_processor_yaml(text: str, *, name: str | None = None, handler: str | None = None) -> str:
-    """The ``processors:`` YAML for the mappings in ``text``; EsmImportError if there are none."""
+    """The ``processors:`` YAML for the mappings in ``text``; EsmImportError if there are none.
+
+    ``handler`` is the function's Handler setting as Lambda has it (``app.orders.handler``),
+    or ``module:function``; it is written unchanged.
+    """
+    if handler is not None:
+        try:
+            split_handler(handler)
+        except ValueError as exc:
+            raise EsmImportError(f"--handler {handler!r}: {exc}") from exc
     document = _load(text)
     found = document.get("Resources")
     resources: dict[str, Any] = found if isinstance(found, dict) else {}
@@ -191,12 +201,11 @@ def _processor(mapping: _Mapping, name: str, handler: str | None, res: dict[str,
     props = mapping.props
     lines = [f"  - name: {_scalar(name)}  # FunctionName, or --name; the checkpoint namespace"]
     lines.append(f"    # from {mapping.label}")
-    if handler:  # Lambda's app.handler is app:handler here
-        module, colon, attribute = handler.rpartition(":" if ":" in handler else ".")
-        lines.append(f"    handler: {_scalar(f'{module}:{attribute}' if colon else handler)}")
+    if handler:  # the function's Handler setting (app.orders.handler) moves as it is
+        lines.append(f"    handler: {_scalar(handler)}")
     else:
         lines.append(
-            f"    handler: {PLACEHOLDER_HANDLER}  # CHANGE_ME: an ESM knows no module:function"
+            f"    handler: {PLACEHOLDER_HANDLER}  # CHANGE_ME: the function's Handler setting"
         )
     lines += _source(props["EventSourceArn"], res)
     if "StartingPosition" not in props:
@@ -329,7 +338,11 @@ def add_import_esm_command(subparsers: argparse._SubParsersAction[argparse.Argum
     command = subparsers.add_parser("import-esm", help="an event source mapping as processors:")
     command.add_argument("file", help="get-event-source-mapping JSON or a template; - for stdin")
     command.add_argument("--name", help="processor name (default: the function's name)")
-    command.add_argument("--handler", help="module:function (default: a CHANGE_ME placeholder)")
+    command.add_argument(
+        "--handler",
+        help="the function's Handler setting, e.g. app.orders.handler, or module:function "
+        "(default: a CHANGE_ME placeholder)",
+    )
     command.set_defaults(func=_cmd_import_esm)
 
 

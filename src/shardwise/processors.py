@@ -1,8 +1,9 @@
 """The handler contract: Lambda-style functions and class processors.
 
-A processor is named in YAML as ``module:attribute``, imported the way Lambda imports a
-handler from its task root (the config file's directory and the current directory are on
-``sys.path``). Two shapes are accepted:
+A processor's ``handler`` is Lambda's Handler setting as it is (``app.orders.handler``:
+module ``app/orders.py``, function ``handler``) or ``module:attribute``, imported the way
+Lambda imports a handler from its task root (the config file's directory and the current
+directory are on ``sys.path``). Two shapes are accepted:
 
 * a function ``handler(event, context)`` (sync or ``async def``), unchanged from Lambda;
 * a class with ``process(self, event, context)`` and optional ``setup(self)`` /
@@ -39,6 +40,7 @@ __all__ = [
     "Processor",
     "build_processor",
     "import_handler",
+    "split_handler",
 ]
 
 # Threads shared by every sync handler of one processor; a handler abandoned after its
@@ -85,15 +87,46 @@ class Processor(Protocol):
     async def stop(self) -> None: ...
 
 
+HANDLER_FORMS = (
+    "Lambda's 'file.function' (app.orders.handler) or 'module:attribute' (app.orders:handler)"
+)
+
+
+def split_handler(ref: str) -> tuple[str, str]:
+    """``(module, attribute)`` named by a handler setting; ``ValueError`` says what is wrong.
+
+    With a colon: ``module:attribute`` (the attribute may be dotted, ``views:Orders.run``).
+    Without one it is Lambda's ``file.function``, read exactly as Lambda's Python runtime reads
+    its Handler setting: the last dot separates the module path from the function name, and
+    slashes in the path are package separators (``app.orders.handler`` and
+    ``app/orders.handler`` both mean function ``handler`` of module ``app.orders``).
+    """
+    if ":" in ref:
+        module, _, attribute = ref.partition(":")
+    else:
+        module, _, attribute = ref.rpartition(".")
+        module = module.replace("/", ".")
+    if attribute == "py" and module:
+        raise ValueError(f"names a file, not a function: add the function, e.g. {module}.handler")
+    if not (_dotted_identifier(module) and _dotted_identifier(attribute)):
+        raise ValueError(f"must be {HANDLER_FORMS}")
+    return module, attribute
+
+
+def _dotted_identifier(text: str) -> bool:
+    return bool(text) and all(part.isidentifier() for part in text.split("."))
+
+
 def import_handler(ref: str, search_paths: Sequence[Path] = ()) -> Any:
-    """Import ``module:attribute`` (attribute may be dotted) with ``search_paths`` first.
+    """Import the handler ``ref`` names (see ``split_handler``) with ``search_paths`` first.
 
     Like Lambda's task root, the paths stay on ``sys.path`` for the life of the process, so
     modules the handler imports later are found too.
     """
-    module_name, sep, attr_path = ref.partition(":")
-    if not sep or not module_name or not attr_path:
-        raise HandlerImportError(f"handler {ref!r}: expected 'module:callable'")
+    try:
+        module_name, attr_path = split_handler(ref)
+    except ValueError as exc:
+        raise HandlerImportError(f"handler {ref!r}: {exc}") from exc
     for path in reversed(search_paths):
         if str(path) not in sys.path:
             sys.path.insert(0, str(path))

@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
-from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 
+from shardwise.aws import AWS_MAX_CONNECTIONS, aws_client_config, aws_session, endpoint_override
 from shardwise.clock import relay_first
-from shardwise.config import ProcessorConfig, Settings, load_config
+from shardwise.config import AwsConfig, ProcessorConfig, Settings, load_config
 from shardwise.destinations import open_destination
 from shardwise.errors import ConfigError, HandlerImportError, ShardwiseError, first_error
 from shardwise.gc_policy import GcPolicy
@@ -41,23 +42,9 @@ from shardwise.sources.dynamodb_raw import (
 )
 from shardwise.store import CheckpointStore
 
-__all__ = ["Supervisor", "aws_client_config", "search_paths"]
+__all__ = ["Supervisor", "search_paths"]
 
 log = structlog.get_logger("shardwise.supervisor")
-
-
-# Connections per AWS client: a bound, so 1000 shards do not open 1000 sockets.
-AWS_MAX_CONNECTIONS = 64
-
-
-def aws_client_config(max_connections: int = AWS_MAX_CONNECTIONS) -> AioConfig:
-    """Our clients do their own backoff: botocore must not retry behind our back."""
-    return AioConfig(
-        retries={"total_max_attempts": 1},
-        connect_timeout=5,
-        read_timeout=20,
-        max_pool_connections=max_connections,
-    )
 
 
 @dataclass(slots=True)
@@ -75,6 +62,7 @@ class _Connections:
 
     store: CheckpointStore
     session: AioSession
+    aws: AwsConfig
     client_kwargs: dict[str, Any]
     stack: AsyncExitStack
     streams: Any = None  # the aiobotocore client (transport: aiobotocore)
@@ -92,7 +80,11 @@ class _Connections:
             return source.stream_arn
         if self.tables is None:
             self.tables = await self.stack.enter_async_context(
-                self.session.create_client("dynamodb", **self.client_kwargs)
+                self.session.create_client(
+                    "dynamodb",
+                    endpoint_url=endpoint_override(self.aws, "dynamodb"),
+                    **self.client_kwargs,
+                )
             )
         return await resolve_stream_arn(self.tables, str(source.table))
 
@@ -105,9 +97,18 @@ class Supervisor:
     running untouched. Changes outside ``processors`` need a restart and are only logged.
     """
 
-    def __init__(self, settings: Settings, *, config_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        config_path: Path | None = None,
+        adjust: Callable[[Settings], Settings] | None = None,
+    ) -> None:
         self.settings = settings
         self.config_path = config_path
+        # Applied to the file's settings on reload as they were to ``settings`` (a worker
+        # process's own worker id and endpoint, ``workers/link.py``).
+        self._adjust = adjust
         self.stop_event = asyncio.Event()
         self.started = asyncio.Event()
         self.progress: dict[str, ProcessorProgress] = {
@@ -190,6 +191,8 @@ class Supervisor:
         async with self._reloading:
             try:
                 new = load_config(self.config_path)
+                if self._adjust is not None:
+                    new = self._adjust(new)
             except ConfigError as exc:
                 log.error("reload failed; keeping the running configuration", problems=exc.problems)
                 return
@@ -259,19 +262,19 @@ class Supervisor:
         self.store = store
         stack.callback(self._forget_store)
         aws = self.settings.aws
-        session = AioSession(profile=aws.profile) if aws.profile else AioSession()
-        client_kwargs: dict[str, Any] = {
-            "region_name": aws.region,
-            "endpoint_url": aws.endpoint_url,
-            "config": aws_client_config(),
-        }
-        connections = _Connections(store, session, client_kwargs, stack)
+        session = aws_session(aws)
+        client_kwargs: dict[str, Any] = {"region_name": aws.region, "config": aws_client_config()}
+        connections = _Connections(store, session, aws, client_kwargs, stack)
         if aws.transport == "raw":
             connections.raw = await open_raw_client(aws, max_connections=AWS_MAX_CONNECTIONS)
             stack.push_async_callback(connections.raw.close)
         else:
             connections.streams = await stack.enter_async_context(
-                session.create_client("dynamodbstreams", **client_kwargs)
+                session.create_client(
+                    "dynamodbstreams",
+                    endpoint_url=endpoint_override(aws, "dynamodbstreams"),
+                    **client_kwargs,
+                )
             )
         return connections
 

@@ -29,6 +29,8 @@ from shardwise.destinations import (
 )
 from shardwise.destinations._aws import aws_client
 from shardwise.destinations.file import read_failures
+from shardwise.destinations.s3 import object_key, parse_object_key, parse_s3_target
+from shardwise.errors import StoreError
 from shardwise.store import CheckpointStore
 from shardwise.store.engine import open_engine
 from shardwise.store.failures import FailureStore
@@ -281,6 +283,23 @@ class TestS3:
             assert objects[key]["content_type"] == "application/json"
             assert_lambda_record(objects[key]["record"], batch, payload=True)
 
+    @pytest.mark.parametrize("target", ["s3://bucket", "s3://bucket/team/failed/"])
+    def test_key_parts_read_back(self, target: str) -> None:
+        """Listing needs no body: the key gives the shard, the second and the request id."""
+        location = parse_s3_target(target)
+        failed = failed_batch()
+        parts = parse_object_key(location, "orders", object_key(location, failed))
+        assert parts is not None
+        assert parts.shard_id == SHARD
+        assert parts.failed_at == failed.failed_at.replace(microsecond=0)
+        assert parts.request_id == failed.request_id
+        for foreign in (
+            object_key(location, failed).replace("/2024/", "/x/"),
+            object_key(location, failed_batch("invoices")),
+            f"{location.prefix}aws/lambda/{esm_uuid('orders')}/notes.txt",
+        ):
+            assert parse_object_key(location, "orders", foreign) is None
+
     async def test_key_uses_utc(self, moto_endpoint: str) -> None:
         bucket = create_bucket(moto_endpoint)
         # 01:30 on the 1st at UTC+02:00 is 23:30 on the 31st in UTC, which the key must use.
@@ -302,6 +321,19 @@ class TestS3:
             await destination.close()
         assert target in str(caught.value)
         assert SHARD in str(caught.value)
+
+
+class LosesFirstAcknowledgement(FailureStore):
+    """Commits the first write, then fails as a connection dropped before the reply would."""
+
+    lost = False
+
+    async def add(self, **fields: Any) -> int:
+        added = await super().add(**fields)
+        if not self.lost:
+            self.lost = True
+            raise StoreError("connection closed before the commit was acknowledged")
+        return added
 
 
 @pytest.fixture
@@ -344,6 +376,44 @@ class TestSql:
         [marked] = await failures.list("orders", [row.id])
         assert marked.replayed_at is not None
         assert marked.replayed_at.tzinfo is not None
+
+    async def test_a_retry_after_a_lost_acknowledgement_stores_once(
+        self, store: CheckpointStore
+    ) -> None:
+        """The commit succeeded but its reply never came: dispatch sends the batch again."""
+        failures = LosesFirstAcknowledgement(store.engine)
+        destination = SqlDestination(failures)
+        failed = failed_batch()
+        with pytest.raises(DestinationError, match="before the commit was acknowledged"):
+            await destination.send(failed)
+        await destination.send(failed)  # hand_over's retry: the same FailedBatch
+        await destination.send(failed)
+        [row] = await failures.list("orders")
+        assert row.request_id == failed.request_id
+        assert row.record["requestContext"]["requestId"] == failed.request_id
+        assert_lambda_record(row.record, failed, payload=True)
+
+    async def test_add_returns_the_stored_row_for_a_repeated_request(
+        self, store: CheckpointStore
+    ) -> None:
+        failures = FailureStore(store.engine)
+        failed = failed_batch()
+        fields: dict[str, Any] = {
+            "processor": "orders",
+            "stream_arn": STREAM_ARN,
+            "shard_id": SHARD,
+            "condition": failed.condition.value,
+            "start_sequence_number": failed.start_sequence_number,
+            "end_sequence_number": failed.end_sequence_number,
+            "batch_size": len(failed.records),
+            "record": failed.invocation_record(include_payload=True),
+            "failed_at": failed.failed_at,
+        }
+        first = await failures.add(request_id="r-1", **fields)
+        assert await failures.add(request_id="r-1", **fields) == first
+        other = await failures.add(request_id="r-2", **fields)  # same records, new failure
+        assert other != first
+        assert [row.id for row in await failures.list("orders")] == [first, other]
 
     async def test_without_store(self) -> None:
         with pytest.raises(ValueError, match="needs the store"):

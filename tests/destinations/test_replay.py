@@ -11,6 +11,8 @@ import asyncio
 import json
 import textwrap
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -26,6 +28,7 @@ from shardwise.destinations import (
     S3Destination,
     SqlDestination,
     esm_uuid,
+    s3,
 )
 from shardwise.destinations._aws import aws_client
 from shardwise.destinations.replay import add_failures_commands
@@ -88,6 +91,7 @@ class Stored:
     ids: list[str]
     batches: list[FailedBatch]
     tracks_replays: bool
+    lists_details: bool = True  # False: list shows what S3 keys hold, without the bodies
     received: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -133,6 +137,11 @@ class _FailuresCommands:
         replayed = "no" if stored.tracks_replays else "-"
         for row, id, batch in zip(rows, stored.ids, stored.batches, strict=True):
             sequences = f"{batch.start_sequence_number}..{batch.end_sequence_number}"
+            if not stored.lists_details:  # the key's shard and second; the rest is in the body
+                failed_at = batch.failed_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+                assert row.split() == [id, failed_at, "-", SHARD, "-", "-", replayed]
+                assert row.rindex(SHARD) == header.index("SHARD")  # aligned
+                continue
             assert row.split() == [
                 id,
                 batch.invocation_record(include_payload=False)["timestamp"],
@@ -335,7 +344,78 @@ class TestS3Failures(_FailuresCommands):
         )
         assert len(keys) == 2  # the key's time part sorts as the time does: b, then a
         assert f"{b.failed_at:%Y-%m-%dT%H.%M.%S}-" in keys[0]
-        return Stored(config, keys, [b, a], tracks_replays=False)
+        return Stored(config, keys, [b, a], tracks_replays=False, lists_details=False)
+
+    async def test_list_pages_through_keys_and_reads_no_body(
+        self,
+        stored: Stored,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """ListObjectsV2 page by page (continuation tokens), never GetObject; show gets one."""
+        more = [
+            failed_batch(first=1000 + i, size=1, failed_at=FAILED_AT + timedelta(seconds=10 + i))
+            for i in range(5)
+        ]
+        async with aws_client("s3", load_config(stored.config)) as client:
+            target = load_config(stored.config).processors[0].destination_config
+            assert target is not None
+            await send_all(S3Destination(client, target.on_failure.destination), tuple(more))
+        monkeypatch.setattr(s3, "LIST_PAGE_SIZE", 2)
+        calls = record_s3_calls(monkeypatch)
+        config = str(stored.config)
+
+        code, out, _ = await run(capsys, "list", "-c", config, "--processor", "orders")
+        assert code == 0
+        rows = out.splitlines()[1:]
+        assert len(rows) == 7
+        assert [row.split()[1] for row in rows] == sorted(row.split()[1] for row in rows)
+        operations = [name for name, _ in calls]
+        assert operations == ["ListObjectsV2"] * 4  # 7 keys, 2 a page
+        assert [params.get("MaxKeys") for _, params in calls] == [2] * 4
+        tokens = [params.get("ContinuationToken") for _, params in calls]
+        assert tokens[0] is None and all(tokens[1:])
+
+        calls.clear()
+        key = rows[-1].split()[0]
+        code, out, _ = await run(capsys, "show", key, "-c", config, "--processor", "orders")
+        assert code == 0
+        assert json.loads(out) == more[-1].invocation_record(include_payload=True)
+        assert [name for name, _ in calls] == ["GetObject"]
+
+    async def test_a_foreign_key_under_the_prefix_is_reported(
+        self, stored: Stored, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        settings = load_config(stored.config)
+        prefix = stored.ids[0].rsplit("/", 4)[0]  # archive/aws/lambda/<uuid>/<shard>
+        target = settings.processors[0].destination_config
+        assert target is not None
+        location = s3.parse_s3_target(target.on_failure.destination)
+        async with aws_client("s3", settings) as client:
+            await client.put_object(Bucket=location.bucket, Key=f"{prefix}/notes.txt", Body=b"x")
+        code, out, err = await run(
+            capsys, "list", "-c", str(stored.config), "--processor", "orders"
+        )
+        assert code == 0
+        assert len(out.splitlines()) == 3
+        assert f"warning: s3 object {prefix}/notes.txt is not a stored batch" in err
+
+
+def record_s3_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
+    """(operation, parameters) of every S3 call the failures commands make from now on."""
+    calls: list[tuple[str, dict[str, Any]]] = []
+
+    def record(params: dict[str, Any], model: Any, **_: Any) -> None:
+        calls.append((model.name, dict(params)))
+
+    @asynccontextmanager
+    async def recording(service: str, settings: Any, **options: Any) -> AsyncIterator[Any]:
+        async with aws_client(service, settings, **options) as client:
+            client.meta.events.register("provide-client-params.s3", record)
+            yield client
+
+    monkeypatch.setattr("shardwise.destinations.archive.aws_client", recording)
+    return calls
 
 
 class TestMetadataOnly:

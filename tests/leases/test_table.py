@@ -241,3 +241,36 @@ class TestErrors:
                 await table.take(S1, 0)
         finally:
             await engine.dispose()
+
+
+class TestSameWorkerIdAgain:
+    """A restarted worker process keeps its worker id (worker.processes): it takes its
+    leases back with new counters, and what the dead process still had in flight, carrying
+    the old counters, changes nothing."""
+
+    async def test_the_dead_process_counters_are_refused(
+        self, table: Tables, store: CheckpointStore
+    ) -> None:
+        dead = await table("box-p1")
+        taken = await dead.take(S1, 0)
+        assert taken is not None
+        await dead.save(S1, taken.counter, SequenceNumber("10"))
+        old = taken.counter
+        # The process is killed; the slot starts a new one with the same worker id.
+        restarted = await table("box-p1")
+        assert await lease_of(restarted, S1) == ("box-p1", old, None)
+        again = await restarted.take(S1, old)
+        assert again is not None
+        assert again.counter > old
+        assert again.position == Position.after_sequence("10")
+        # Statements of the dead process that reach the store late are all refused.
+        with pytest.raises(LeaseLostError):
+            await dead.save(S1, old, SequenceNumber("999"))
+        with pytest.raises(LeaseLostError):
+            await dead.finish(S1, old, SequenceNumber("999"))
+        assert (await dead.renew({S1: old}, None)).leases == {S1: None}
+        await dead.release({S1: old}, None)
+        assert await lease_of(restarted, S1) == ("box-p1", again.counter, None)
+        await restarted.save(S1, again.counter, SequenceNumber("20"))
+        checkpoint = (await store.load(PROCESSOR, ARN))[S1]
+        assert (checkpoint.sequence_number, checkpoint.finished) == ("20", False)

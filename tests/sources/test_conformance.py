@@ -24,6 +24,7 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from shardwise.aws import aws_client_config
 from shardwise.config import AwsConfig
 from shardwise.errors import (
     ExpiredIteratorError,
@@ -37,7 +38,6 @@ from shardwise.records import Position, RecordPage, SequenceNumber, ShardId, Sta
 from shardwise.sources.base import ShardSource
 from shardwise.sources.dynamodb import DynamoDBStreamsSource
 from shardwise.sources.dynamodb_raw import open_raw_source
-from shardwise.supervisor import aws_client_config
 from shardwise.testing import ScriptedStream, StreamsServer
 from tests.e2e import create_table
 

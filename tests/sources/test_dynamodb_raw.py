@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,16 +21,19 @@ from botocore.credentials import ReadOnlyCredentials
 from shardwise.config import AwsConfig
 from shardwise.errors import ConfigError, SourceError
 from shardwise.records import ShardId
+from shardwise.sources import dynamodb_raw, sigv4
 from shardwise.sources.dynamodb_raw import (
     AiohttpTransport,
     RawDynamoDBStreamsSource,
     RawStreamsClient,
+    ResolveCredentials,
     Transport,
     open_raw_client,
     proxy_for,
 )
 from shardwise.sources.http import HttpPool
 from tests.sources.test_http import self_signed
+from tests.sources.test_http_hostile import answering, hostile, read_request
 
 ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/Raw/stream/2024-01-01T00:00:00.000"
 EMPTY_PAGE = b'{"Records":[],"NextShardIterator":"next"}'
@@ -43,6 +47,7 @@ class Endpoint:
         self.url = ""
         self.in_flight = 0
         self.peak_in_flight = 0
+        self.answered = 0
         self._delay_s = delay_s
 
     async def answer(self, request: web.Request) -> web.Response:
@@ -52,6 +57,7 @@ class Endpoint:
             body = await request.read()
             self.requests.append((dict(request.headers), body))
             await asyncio.sleep(self._delay_s)
+            self.answered += 1
             return web.Response(body=EMPTY_PAGE, content_type="application/x-amz-json-1.0")
         finally:
             self.in_flight -= 1
@@ -85,15 +91,27 @@ def raw_client(request: pytest.FixtureRequest) -> RawClient:
     """Makes clients over each transport: the keep-alive pool (direct) and aiohttp
     (the one used behind a proxy)."""
 
-    def make(url: str, credentials: Any, *, limit: int = 8) -> RawStreamsClient:
+    def make(
+        url: str,
+        credentials: Any,
+        *,
+        limit: int = 8,
+        resolve_credentials: ResolveCredentials | None = None,
+    ) -> RawStreamsClient:
         endpoint = url.rstrip("/") + "/"
         http: Transport
         if request.param == "pool":
             http = HttpPool(endpoint, max_connections=limit, connect_timeout_s=5, read_timeout_s=5)
         else:
             session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit))
-            http = AiohttpTransport(endpoint, session)
-        return RawStreamsClient(http, endpoint_url=url, region="us-east-1", credentials=credentials)
+            http = AiohttpTransport(endpoint, session, max_connections=limit)
+        return RawStreamsClient(
+            http,
+            endpoint_url=url,
+            region="us-east-1",
+            credentials=credentials,
+            resolve_credentials=resolve_credentials,
+        )
 
     return make
 
@@ -186,6 +204,81 @@ class TestSigning:
         assert caught.value.code == "NoCredentialsError"
         assert caught.value.retriable
         assert not endpoint.requests
+
+
+class ExpiringEndpoint(Endpoint):
+    """Refuses requests signed with an expired access key, as AWS does."""
+
+    def __init__(self, expired: set[str]) -> None:
+        super().__init__()
+        self.expired = expired
+
+    async def answer(self, request: web.Request) -> web.Response:
+        key = request.headers["Authorization"].split("Credential=")[1].split("/")[0]
+        if key not in self.expired:
+            return await super().answer(request)
+        self.requests.append((dict(request.headers), await request.read()))
+        body = (
+            b'{"__type":"com.amazon.coral.service#ExpiredTokenException",'
+            b'"message":"The security token included in the request is expired"}'
+        )
+        return web.Response(status=400, body=body, content_type="application/x-amz-json-1.0")
+
+
+def access_keys(endpoint: Endpoint) -> list[str]:
+    return [h["Authorization"].split("Credential=")[1].split("/")[0] for h, _ in endpoint.requests]
+
+
+class TestExpiredCredentials:
+    """Keys the endpoint calls expired are resolved again from the provider chain; the call
+    fails with a clear, retriable error, and the next one goes out with the new keys."""
+
+    async def test_the_next_call_uses_the_chains_new_keys(
+        self, serve: Callable[[Endpoint], Awaitable[str]], raw_client: RawClient
+    ) -> None:
+        endpoint = ExpiringEndpoint({"AKIDOLD"})
+        url = await serve(endpoint)
+        resolved = 0
+
+        async def chain() -> AioCredentials:
+            nonlocal resolved
+            resolved += 1
+            return AioCredentials(f"AKIDNEW{resolved}", "new-secret", "new-token")
+
+        old = AioCredentials("AKIDOLD", "old-secret", "old-token")
+        async with raw_client(url, old, resolve_credentials=chain) as client:
+            source = RawDynamoDBStreamsSource(client, ARN)
+            with pytest.raises(SourceError) as caught:
+                await source.get_records(ShardId("shardId-1"), "iterator", 10)
+            assert caught.value.code == "ExpiredTokenException"
+            assert caught.value.retriable
+            assert "security token included in the request is expired" in str(caught.value)
+            assert "shardId-1" in str(caught.value)
+            for _ in range(2):
+                await source.get_records(ShardId("shardId-1"), "iterator", 10)
+        assert access_keys(endpoint) == ["AKIDOLD", "AKIDNEW1", "AKIDNEW1"]
+        assert resolved == 1
+
+    async def test_a_chain_still_handing_out_expired_keys_is_not_hammered(
+        self, serve: Callable[[Endpoint], Awaitable[str]], raw_client: RawClient
+    ) -> None:
+        endpoint = ExpiringEndpoint({"AKIDOLD"})
+        url = await serve(endpoint)
+        resolved = 0
+
+        async def stale_chain() -> AioCredentials:
+            nonlocal resolved
+            resolved += 1
+            return AioCredentials("AKIDOLD", "old-secret", "old-token")
+
+        old = AioCredentials("AKIDOLD", "old-secret", "old-token")
+        async with raw_client(url, old, resolve_credentials=stale_chain) as client:
+            source = RawDynamoDBStreamsSource(client, ARN)
+            for _ in range(5):
+                with pytest.raises(SourceError, match="ExpiredTokenException"):
+                    await source.get_records(ShardId("shardId-1"), "iterator", 10)
+        assert len(endpoint.requests) == 5  # every call is made and fails loudly
+        assert resolved == 1  # the chain is asked at most once per RENEW_INTERVAL_S
 
 
 class TestConnections:
@@ -321,3 +414,177 @@ class TestOpen:
         finally:
             await runner.cleanup()
         assert len(endpoint.requests) == 1
+
+
+class TestRegion:
+    """The region goes into the endpoint's host name and every signature: it must be one
+    host label, as botocore requires (and not followed by a newline botocore's ``$`` lets
+    through)."""
+
+    @pytest.mark.parametrize(
+        "region",
+        [
+            "us-east-1.evil.example#",
+            "us-east-1\r\nX-Injected: 1",
+            "us-east-1\n",
+            "-us-east-1",
+            "us-east-1-",
+            "us east 1",
+            "a" * 64,
+            "123",
+        ],
+    )
+    async def test_refused(self, region: str) -> None:
+        with pytest.raises(ConfigError, match=r"aws\.region: .* is not a valid region"):
+            await open_raw_client(AwsConfig(region=region))
+
+    async def test_refused_from_the_environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "evil.example#")
+        with pytest.raises(ConfigError, match=r"aws\.region: 'evil\.example#'"):
+            await open_raw_client(AwsConfig())
+
+    @pytest.mark.parametrize("region", ["us-east-1", "eu-central-2", "us-gov-west-1", "x"])
+    async def test_accepted(self, region: str) -> None:
+        async with await open_raw_client(AwsConfig(region=region)) as client:
+            assert client.region == region
+
+
+class TestSignedWhenSent:
+    """A request is signed once a connection is free for it, not before waiting for one:
+    with every connection busy for long, a signature made up front would age (SigV4
+    allows 15 minutes)."""
+
+    async def test_the_wait_for_a_connection_is_not_in_the_signature(
+        self,
+        serve: Callable[[Endpoint], Awaitable[str]],
+        raw_client: RawClient,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        endpoint = Endpoint(delay_s=0.2)
+        url = await serve(endpoint)
+        before = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+        after = datetime(2024, 5, 1, 12, 7, tzinfo=UTC)
+
+        class Clock(datetime):
+            """The signer's clock: ``after`` once the first call was answered."""
+
+            @classmethod
+            def now(cls, tz: Any = None) -> Clock:
+                moment = after if endpoint.answered else before
+                return cls.fromtimestamp(moment.timestamp(), tz)
+
+        monkeypatch.setattr(sigv4, "datetime", Clock)
+        credentials = AioCredentials("AKID", "secret")
+        async with raw_client(url, credentials, limit=1) as client:
+            source = RawDynamoDBStreamsSource(client, ARN)
+            async with asyncio.TaskGroup() as tasks:
+                for n in range(2):
+                    tasks.create_task(source.get_records(ShardId(f"s{n}"), "iterator", 10))
+        dates = [headers["X-Amz-Date"] for headers, _ in endpoint.requests]
+        assert dates == ["20240501T120000Z", "20240501T120700Z"]
+        headers, body = endpoint.requests[1]
+        expected = headers["Authorization"].rsplit("Signature=", 1)[1]
+        assert signature_of(url, headers, body, "secret") == expected
+
+
+class TestProxies:
+    """The proxy is the one botocore (so aiobotocore) would use for the endpoint."""
+
+    def test_no_proxy_names_a_host_and_port(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("HTTP_PROXY", "http://proxy.internal:3128")
+        monkeypatch.setenv("NO_PROXY", "localhost:4566")
+        assert proxy_for("http://localhost:4566") is None
+        assert proxy_for("http://localhost:4567") == "http://proxy.internal:3128"
+
+    @pytest.mark.parametrize(
+        ("setting", "proxy"),
+        [
+            ("proxy.internal:3128", "http://proxy.internal:3128"),
+            ("//proxy.internal:3128", "http://proxy.internal:3128"),
+            ("https://proxy.internal:3129", "https://proxy.internal:3129"),
+        ],
+    )
+    def test_a_proxy_without_a_scheme(
+        self, monkeypatch: pytest.MonkeyPatch, setting: str, proxy: str
+    ) -> None:
+        monkeypatch.setenv("HTTPS_PROXY", setting)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        assert proxy_for("https://streams.dynamodb.us-east-1.amazonaws.com") == proxy
+
+    async def test_a_scheme_less_proxy_is_used(
+        self, serve: Callable[[Endpoint], Awaitable[str]], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """``HTTP_PROXY=host:port`` opens (it crashed start-up) and sends through it."""
+        endpoint = Endpoint()
+        url = await serve(endpoint)
+        forwarded: list[bytes] = []
+
+        async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            head, body = await read_request(reader)
+            forwarded.append(head.split(b" ")[1])
+            headers = dict(line.decode().split(": ", 1) for line in head.split(b"\r\n")[1:] if line)
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(head.split(b" ")[1].decode(), data=body, headers=headers) as reply,
+            ):
+                payload = await reply.read()
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(payload), payload)
+            )
+            await writer.drain()
+
+        async with hostile(forward) as proxy:
+            monkeypatch.setenv("HTTP_PROXY", f"127.0.0.1:{proxy.port}")
+            monkeypatch.setenv("NO_PROXY", "")
+            async with await open_raw_client(AwsConfig(endpoint_url=url)) as client:
+                page = await RawDynamoDBStreamsSource(client, ARN).get_records(
+                    ShardId("shardId-1"), "iterator", 10
+                )
+        assert not page.records
+        assert forwarded == [f"{url}/".encode()]
+        assert len(endpoint.requests) == 1
+
+    async def test_a_proxied_call_has_a_total_timeout(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A reply trickling in a byte at a time never trips the read timeout between
+        bytes; the call still ends after the connect and read timeouts together."""
+
+        async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+            while True:
+                writer.write(b" ")
+                await writer.drain()
+                await asyncio.sleep(0.05)
+
+        monkeypatch.setattr(dynamodb_raw, "CONNECT_TIMEOUT_S", 0.3)
+        monkeypatch.setattr(dynamodb_raw, "READ_TIMEOUT_S", 0.3)
+        async with hostile(trickle) as proxy:
+            monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
+            monkeypatch.setenv("NO_PROXY", "")
+            started = time.monotonic()
+            async with (
+                asyncio.timeout(5),
+                await open_raw_client(AwsConfig(endpoint_url="http://streams.test")) as client,
+            ):
+                with pytest.raises(SourceError, match="Timeout"):
+                    await RawDynamoDBStreamsSource(client, ARN).get_records(
+                        ShardId("shardId-1"), "iterator", 10
+                    )
+            assert time.monotonic() - started < 2.0
+
+    async def test_a_proxied_reply_over_the_body_cap(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        async with hostile(
+            answering(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000\r\n\r\n")
+        ) as proxy:
+            monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
+            monkeypatch.setenv("NO_PROXY", "")
+            async with (
+                asyncio.timeout(5),
+                await open_raw_client(AwsConfig(endpoint_url="http://streams.test")) as client,
+            ):
+                with pytest.raises(SourceError, match="body is over"):
+                    await RawDynamoDBStreamsSource(client, ARN).get_records(
+                        ShardId("shardId-1"), "iterator", 10
+                    )

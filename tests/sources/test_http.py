@@ -12,13 +12,13 @@ import asyncio
 import datetime
 import ipaddress
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 
-from shardwise.sources.http import HttpPool, TransportError
+from shardwise.sources.http import HttpPool, Sign, TransportError
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 
@@ -85,6 +85,16 @@ async def serving(
             await server.stop()
 
 
+def signed(headers: Mapping[str, str] | None = None) -> Sign:
+    """``HttpPool.post``'s headers: made once the request has a connection (here, fixed)."""
+    fixed = dict(headers or {})
+
+    async def sign() -> Mapping[str, str]:
+        return fixed
+
+    return sign
+
+
 def pool(url: str, **options: object) -> HttpPool:
     settings: dict[str, object] = {
         "max_connections": 4,
@@ -100,7 +110,7 @@ async def test_requests_reuse_one_connection() -> None:
     async with serving(lambda n, body: OK) as server:
         http = pool(f"http://127.0.0.1:{server.port}/")
         for n in range(5):
-            response = await http.post({"X-Amz-Target": f"op{n}"}, b'{"n":%d}' % n)
+            response = await http.post(signed({"X-Amz-Target": f"op{n}"}), b'{"n":%d}' % n)
             assert (response.status, response.body) == (200, b"{}")
             assert response.headers["content-type"] == "application/json"
         await http.close()
@@ -138,7 +148,7 @@ async def test_concurrent_requests_stay_within_the_bound() -> None:
     port = listener.sockets[0].getsockname()[1]
     async with listener:
         http = pool(f"http://127.0.0.1:{port}/", max_connections=3)
-        replies = await asyncio.gather(*(http.post({}, b"{}") for _ in range(12)))
+        replies = await asyncio.gather(*(http.post(signed(), b"{}") for _ in range(12)))
         await http.close()
         await tracker.stop()
     assert [r.status for r in replies] == [200] * 12
@@ -152,8 +162,8 @@ async def test_chunked_body() -> None:
     )
     async with serving(lambda n, body: chunked) as server:
         http = pool(f"http://127.0.0.1:{server.port}/")
-        first = await http.post({}, b"{}")
-        second = await http.post({}, b"{}")
+        first = await http.post(signed(), b"{}")
+        second = await http.post(signed(), b"{}")
         await http.close()
     assert first.body == second.body == b'{"Records":[]}'
     assert server.connections == 1
@@ -164,8 +174,8 @@ async def test_body_up_to_the_end_of_the_connection() -> None:
     legacy = b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + b'{"a":1}'
     async with serving(lambda n, body: legacy) as server:
         http = pool(f"http://127.0.0.1:{server.port}/")
-        assert (await http.post({}, b"{}")).body == b'{"a":1}'
-        assert (await http.post({}, b"{}")).body == b'{"a":1}'
+        assert (await http.post(signed(), b"{}")).body == b'{"a":1}'
+        assert (await http.post(signed(), b"{}")).body == b'{"a":1}'
         await http.close()
     assert server.connections == 2
 
@@ -175,7 +185,7 @@ async def test_connection_close_is_honoured() -> None:
     async with serving(lambda n, body: closing) as server:
         http = pool(f"http://127.0.0.1:{server.port}/")
         for _ in range(3):
-            assert (await http.post({}, b"{}")).status == 200
+            assert (await http.post(signed(), b"{}")).status == 200
         await http.close()
     assert server.connections == 3
 
@@ -185,8 +195,8 @@ async def test_an_idle_connection_closed_by_the_server_is_replaced() -> None:
     new connection instead of failing."""
     async with serving(lambda n, body: None if n == 2 else OK) as server:
         http = pool(f"http://127.0.0.1:{server.port}/")
-        assert (await http.post({}, b"{}")).status == 200
-        assert (await http.post({}, b"{}")).status == 200  # request 2 hung up, 3 answered
+        assert (await http.post(signed(), b"{}")).status == 200
+        assert (await http.post(signed(), b"{}")).status == 200  # request 2 hung up, 3 answered
         await http.close()
     assert server.connections == 2
     assert len(server.requests) == 3
@@ -196,7 +206,7 @@ async def test_a_fresh_connection_that_hangs_up_fails() -> None:
     async with serving(lambda n, body: None) as server:
         http = pool(f"http://127.0.0.1:{server.port}/")
         with pytest.raises(TransportError, match="closed before a reply"):
-            await http.post({}, b"{}")
+            await http.post(signed(), b"{}")
         await http.close()
     assert len(server.requests) == 1  # a new connection is not tried twice
 
@@ -212,10 +222,10 @@ async def test_a_reply_cut_short_fails_and_the_connection_is_not_reused() -> Non
         # The server writes the partial reply and waits for more requests; the client
         # must not wait forever: the read timeout fails it.
         http = pool(f"http://127.0.0.1:{server.port}/", read_timeout_s=0.3)
-        assert (await http.post({}, b"{}")).status == 200
+        assert (await http.post(signed(), b"{}")).status == 200
         with pytest.raises(TimeoutError, match=r"0\.3 s"):
-            await http.post({}, b"{}")
-        assert (await http.post({}, b"{}")).status == 200
+            await http.post(signed(), b"{}")
+        assert (await http.post(signed(), b"{}")).status == 200
         await http.close()
     assert server.connections == 2
 
@@ -224,7 +234,7 @@ async def test_a_reply_that_is_not_http() -> None:
     async with serving(lambda n, body: b"SSH-2.0-OpenSSH_9.6\r\n") as server:
         http = pool(f"http://127.0.0.1:{server.port}/")
         with pytest.raises(TransportError, match="not valid HTTP"):
-            await http.post({}, b"{}")
+            await http.post(signed(), b"{}")
         await http.close()
 
 
@@ -233,7 +243,7 @@ async def test_nothing_listening() -> None:
         port = server.port
     http = pool(f"http://127.0.0.1:{port}/")
     with pytest.raises(TransportError, match=f"cannot connect to 127.0.0.1:{port}"):
-        await http.post({}, b"{}")
+        await http.post(signed(), b"{}")
     await http.close()
 
 
@@ -246,12 +256,12 @@ async def test_cancelled_call_drops_its_connection() -> None:
 
     async with serving(reply) as server:
         http = pool(f"http://127.0.0.1:{server.port}/")
-        call = asyncio.create_task(http.post({}, b"{}"))
+        call = asyncio.create_task(http.post(signed(), b"{}"))
         await asyncio.sleep(0.1)
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call
-        assert (await http.post({}, b"{}")).body == b"{}"
+        assert (await http.post(signed(), b"{}")).body == b"{}"
         await http.close()
     assert server.connections == 2
 
@@ -259,12 +269,12 @@ async def test_cancelled_call_drops_its_connection() -> None:
 async def test_closed_pool_refuses_calls() -> None:
     async with serving(lambda n, body: OK) as server:
         http = pool(f"http://127.0.0.1:{server.port}/")
-        await http.post({}, b"{}")
+        await http.post(signed(), b"{}")
         await http.close()
         await http.close()
         assert http.closed
         with pytest.raises(TransportError, match="closed"):
-            await http.post({}, b"{}")
+            await http.post(signed(), b"{}")
 
 
 def test_only_http_urls() -> None:
@@ -317,10 +327,10 @@ async def test_https_verifies_the_server(tmp_path: Path) -> None:
         url = f"https://localhost:{server.port}/"
         trusted = pool(url, ssl_context=ssl.create_default_context(cafile=str(cert)))
         for _ in range(2):
-            assert (await trusted.post({}, b"{}")).body == b"{}"
+            assert (await trusted.post(signed(), b"{}")).body == b"{}"
         await trusted.close()
         assert server.connections == 1
         default = pool(url)  # the system's CAs do not know this certificate
         with pytest.raises(TransportError, match="CERTIFICATE_VERIFY_FAILED"):
-            await default.post({}, b"{}")
+            await default.post(signed(), b"{}")
         await default.close()

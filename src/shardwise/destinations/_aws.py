@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from aiobotocore.session import AioSession
 from botocore.exceptions import BotoCoreError, ClientError
 
+from shardwise.aws import aws_client_config, aws_session, endpoint_override
 from shardwise.config import Settings
 from shardwise.destinations.base import DestinationError
 
@@ -72,16 +72,11 @@ async def aws_client(
     Its configuration is the supervisor's: botocore does not retry behind our back (dispatch
     retries a destination until the batch is stored).
     """
-    # Imported here: the supervisor opens destinations, so a module-level import would be
-    # circular once it imports this package.
-    from shardwise.supervisor import aws_client_config
-
     aws = settings.aws
-    session = AioSession(profile=aws.profile) if aws.profile else AioSession()
-    async with session.create_client(
+    async with aws_session(aws).create_client(
         service,
         region_name=region or aws.region,
-        endpoint_url=aws.endpoint_url,
+        endpoint_url=endpoint_override(aws, service),
         config=aws_client_config(),
     ) as client:
         yield client

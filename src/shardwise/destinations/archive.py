@@ -4,6 +4,10 @@
 Every stored batch comes back as a ``StoredFailure``: an id (the row id, the line number or
 the object key), Lambda's invocation record with its payload, and when it failed. Only
 ``sql`` records replays (``replayed_at``); SQS and SNS keep no records to read back.
+
+Listing (``summaries``) reads no more than it must: on S3 it is ListObjectsV2 alone, and a
+summary holds what the key tells (shard, the second it failed); bodies are fetched only by
+``load``, for ``show`` and ``replay``.
 """
 
 from __future__ import annotations
@@ -24,13 +28,14 @@ from shardwise.destinations.file import file_path, read_failures
 from shardwise.destinations.s3 import (
     failure_prefix,
     list_failure_keys,
+    parse_object_key,
     parse_s3_target,
     read_failure,
 )
 from shardwise.store import CheckpointStore
 from shardwise.store.failures import FailureStore
 
-__all__ = ["Archive", "StoredFailure", "open_archive"]
+__all__ = ["Archive", "FailureSummary", "StoredFailure", "open_archive"]
 
 _EPOCH = datetime.fromtimestamp(0, UTC)
 
@@ -70,6 +75,40 @@ class StoredFailure:
         payload = self.record.get("payload") or {}
         return list(payload.get("Records") or [])
 
+    def summary(self) -> FailureSummary:
+        """The listing line of this batch, from its record."""
+        info = self.info
+
+        def text(key: str) -> str | None:
+            return None if info.get(key) is None else str(info[key])
+
+        return FailureSummary(
+            id=self.id,
+            failed_at=self.failed_at,
+            shard_id=text("shardId"),
+            condition=self.condition,
+            start_sequence_number=text("startSequenceNumber"),
+            end_sequence_number=text("endSequenceNumber"),
+            batch_size=text("batchSize"),
+            replayed_at=self.replayed_at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FailureSummary:
+    """One line of ``shardwise failures list``; None where the destination's listing does not
+    say (S3 lists keys: the condition, sequence range and size are in the bodies)."""
+
+    id: str
+    failed_at: datetime
+    shard_id: str | None
+    condition: str | None = None
+    start_sequence_number: str | None = None
+    end_sequence_number: str | None = None
+    batch_size: str | None = None
+    replayed_at: datetime | None = None
+    failed_at_timespec: str = "milliseconds"  # S3 keys hold whole seconds
+
 
 class Archive(Protocol):
     """Where one processor's failed batches are read back from."""
@@ -81,6 +120,10 @@ class Archive(Protocol):
 
     async def load(self, ids: Sequence[str] | None = None) -> list[StoredFailure]:
         """Every stored batch, or those with the given ids, oldest first."""
+        ...
+
+    async def summaries(self) -> list[FailureSummary]:
+        """Every stored batch as listing shows it, oldest first; reads as little as it can."""
         ...
 
     async def mark_replayed(self, failure: StoredFailure) -> None: ...
@@ -97,6 +140,9 @@ class _SqlArchive:
         keys = None if ids is None else [int(i) for i in ids if i.isdigit()]
         rows = await self._failures.list(self._processor, keys)
         return [StoredFailure(str(r.id), r.record, r.failed_at, r.replayed_at) for r in rows]
+
+    async def summaries(self) -> list[FailureSummary]:
+        return [failure.summary() for failure in await self.load()]
 
     async def mark_replayed(self, failure: StoredFailure) -> None:
         await self._failures.mark_replayed(self._processor, [int(failure.id)])
@@ -122,6 +168,9 @@ class _FileArchive:
         ]
         return sorted(stored, key=lambda f: f.failed_at)
 
+    async def summaries(self) -> list[FailureSummary]:
+        return [failure.summary() for failure in await self.load()]
+
     async def mark_replayed(self, failure: StoredFailure) -> None:
         return None
 
@@ -145,6 +194,19 @@ class _S3Archive:
             for key in keys
         ]
         return sorted(stored, key=lambda f: f.failed_at)
+
+    async def summaries(self) -> list[FailureSummary]:
+        """From ListObjectsV2 alone: no GetObject, whatever the number of stored batches."""
+        summaries = []
+        for key in await list_failure_keys(self._client, self._location, self._processor):
+            parts = parse_object_key(self._location, self._processor, key)
+            if parts is None:
+                print(f"warning: s3 object {key} is not a stored batch", file=sys.stderr)
+                continue
+            summaries.append(
+                FailureSummary(key, parts.failed_at, parts.shard_id, failed_at_timespec="seconds")
+            )
+        return sorted(summaries, key=lambda s: (s.failed_at, s.id))
 
     async def mark_replayed(self, failure: StoredFailure) -> None:
         return None

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shardwise.config import ProcessorConfig, Settings, add_config_argument, load_config
-from shardwise.destinations.archive import Archive, StoredFailure, open_archive
+from shardwise.destinations.archive import Archive, FailureSummary, StoredFailure, open_archive
 from shardwise.destinations.factory import target_kind
 from shardwise.dispatch.response import interpret_response
 from shardwise.errors import ConfigError
@@ -70,25 +70,27 @@ def _utc(moment: datetime, timespec: str) -> str:
     return moment.astimezone(UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
-def _row(failure: StoredFailure, tracks_replays: bool) -> list[str]:
-    info = failure.info
+def _row(failure: FailureSummary, tracks_replays: bool) -> list[str]:
     replayed = "no" if tracks_replays else "-"
     if failure.replayed_at is not None:
         replayed = _utc(failure.replayed_at, "seconds")
+    sequences = "-"
+    if failure.start_sequence_number is not None or failure.end_sequence_number is not None:
+        sequences = f"{failure.start_sequence_number}..{failure.end_sequence_number}"
     return [
         failure.id,
-        _utc(failure.failed_at, "milliseconds"),
-        failure.condition,
-        str(info.get("shardId")),
-        f"{info.get('startSequenceNumber')}..{info.get('endSequenceNumber')}",
-        str(info.get("batchSize")),
+        _utc(failure.failed_at, failure.failed_at_timespec),
+        failure.condition or "-",
+        failure.shard_id or "-",
+        sequences,
+        failure.batch_size or "-",
         replayed,
     ]
 
 
 async def _list(settings: Settings, target: str, processor: str) -> list[list[str]]:
     async with open_archive(settings, target, processor) as archive:
-        return [_row(f, archive.tracks_replays) for f in await archive.load()]
+        return [_row(f, archive.tracks_replays) for f in await archive.summaries()]
 
 
 async def _show(settings: Settings, target: str, processor: str, id: str) -> str | None:

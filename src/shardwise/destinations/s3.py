@@ -4,30 +4,44 @@ Keys follow Lambda's layout, under an optional prefix::
 
     <prefix/>aws/lambda/<esm_uuid(processor)>/<shardId>/YYYY/MM/DD/YYYY-MM-DDTHH.MM.SS-<uuid>
 
-(UTC, from the time the batch failed), so every processor's failures list under one prefix
-in time order. ``list_failure_keys`` and ``read_failure`` read them back for
-``shardwise failures``.
+(UTC, from the time the batch failed), so every processor's failures list under one prefix.
+``list_failure_keys`` lists them page by page (ListObjectsV2 and its continuation tokens)
+without reading a body: the key alone tells the shard and the second the batch failed
+(``parse_object_key``). ``read_failure`` fetches one stored record, for ``show`` and ``replay``.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 from shardwise.destinations._aws import map_aws_errors, parse_arn
 from shardwise.destinations.base import DestinationError, FailedBatch, esm_uuid
 
 __all__ = [
+    "ObjectKeyParts",
     "S3Destination",
     "S3Location",
     "failure_prefix",
     "list_failure_keys",
     "object_key",
+    "parse_object_key",
     "parse_s3_target",
     "read_failure",
 ]
+
+# Keys per ListObjectsV2 call (S3's maximum); each further page is fetched with the previous
+# page's continuation token.
+LIST_PAGE_SIZE = 1000
+
+# <shardId>/YYYY/MM/DD/YYYY-MM-DDTHH.MM.SS-<request id>, after the processor's prefix.
+_KEY_TAIL = re.compile(
+    r"(?P<shard>[^/]+)/\d{4}/\d\d/\d\d/"
+    r"(?P<at>\d{4}-\d\d-\d\dT\d\d\.\d\d\.\d\d)-(?P<request_id>[^/]+)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,13 +108,34 @@ class S3Destination:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class ObjectKeyParts:
+    """What a failure's key says without its body: shard, time (to the second), request id."""
+
+    shard_id: str
+    failed_at: datetime
+    request_id: str
+
+
+def parse_object_key(location: S3Location, processor: str, key: str) -> ObjectKeyParts | None:
+    """The parts of a key in Lambda's layout (see ``object_key``); None for any other key."""
+    prefix = failure_prefix(location, processor)
+    found = _KEY_TAIL.fullmatch(key.removeprefix(prefix)) if key.startswith(prefix) else None
+    if found is None:
+        return None
+    at = datetime.strptime(found["at"], "%Y-%m-%dT%H.%M.%S").replace(tzinfo=UTC)
+    return ObjectKeyParts(found["shard"], at, found["request_id"])
+
+
 async def list_failure_keys(client: Any, location: S3Location, processor: str) -> list[str]:
-    """Every stored failure's key for ``processor`` (ListObjectsV2, all pages)."""
+    """Every stored failure's key for ``processor``: ListObjectsV2 page by page, no bodies."""
     prefix = failure_prefix(location, processor)
     keys: list[str] = []
     with map_aws_errors(f"listing s3://{location.bucket}/{prefix}"):
         pages = client.get_paginator("list_objects_v2").paginate(
-            Bucket=location.bucket, Prefix=prefix
+            Bucket=location.bucket,
+            Prefix=prefix,
+            PaginationConfig={"PageSize": LIST_PAGE_SIZE},
         )
         async for page in pages:
             keys.extend(str(item["Key"]) for item in page.get("Contents", ()))

@@ -2,7 +2,8 @@
 
 Rows go to ``shardwise_failures`` beside the checkpoints (same database, same pool), so a
 failed batch is as durable as a checkpoint and ``shardwise failures`` can list, show and
-replay it.
+replay it. Each row carries the batch's request id, unique: when a commit's acknowledgement
+is lost and dispatch sends the same batch again, the second write stores nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class SqlDestination:
     async def send(self, failed: FailedBatch) -> None:
         try:
             await self._failures.add(
+                request_id=failed.request_id,
                 processor=failed.processor,
                 stream_arn=failed.stream_arn,
                 shard_id=failed.shard_id,

@@ -22,26 +22,32 @@ Nothing else is re-implemented, so the two sources cannot drift apart:
 
 from __future__ import annotations
 
+import asyncio
+import math
+import re
 import ssl
-import urllib.request
-from collections.abc import Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from types import TracebackType
-from typing import Any, Final, Protocol
-from urllib.parse import urlsplit
+from typing import Any, Final, Protocol, TypeAlias
 
 import aiohttp
 import orjson
-from aiobotocore.session import AioSession
+import structlog
 from botocore.credentials import ReadOnlyCredentials, RefreshableCredentials
-from botocore.exceptions import ClientError, NoCredentialsError
+from botocore.exceptions import ClientError, InvalidRegionError, NoCredentialsError
+from botocore.httpsession import ProxyConfiguration
 from botocore.parsers import JSONParser
+from botocore.utils import get_environ_proxies, validate_region_name
 
 from shardwise import __version__
+from shardwise.aws import aws_session, resolve_endpoint
 from shardwise.config import AwsConfig
 from shardwise.errors import ConfigError, SourceError
 from shardwise.records import Position, RecordPage, ShardId, ShardListing, StreamRecord
 from shardwise.sources.dynamodb import MALFORMED, DynamoDBStreamsSource, mapped_errors
-from shardwise.sources.http import HttpPool, Response
+from shardwise.sources.http import DEFAULT_MAX_BODY_BYTES, HttpPool, Response, Sign, TransportError
 from shardwise.sources.sigv4 import EndpointSigner
 
 __all__ = [
@@ -56,15 +62,27 @@ __all__ = [
 ]
 
 # Connections kept open to the endpoint, shared by every shard: the same bound as the
-# aiobotocore client's ``max_pool_connections`` (``supervisor.aws_client_config``).
+# aiobotocore client's ``max_pool_connections`` (``aws.aws_client_config``).
 DEFAULT_MAX_CONNECTIONS: Final = 64
 # The aiobotocore client's connect and read timeouts.
 CONNECT_TIMEOUT_S: Final = 5.0
 READ_TIMEOUT_S: Final = 20.0
+# One host label, as botocore.utils.validate_region_name asks, matched whole (its ``$``
+# would let a trailing newline through).
+_REGION: Final = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9\-]{0,61}[a-zA-Z0-9])?")
 
 _TARGET_PREFIX: Final = "DynamoDBStreams_20120810."
 _SIGNING_NAME: Final = "dynamodb"  # DynamoDB Streams signs as the dynamodb service
 _ERROR_PARSER: Final = JSONParser()
+
+# Error codes that say the request's credentials are no longer valid, and how often they
+# may send us back to the provider chain for new ones.
+EXPIRED_CREDENTIAL_CODES: Final = frozenset({"ExpiredTokenException", "ExpiredToken"})
+RENEW_INTERVAL_S: Final = 5.0
+
+ResolveCredentials: TypeAlias = Callable[[], Awaitable[Any]]
+
+log = structlog.get_logger("shardwise.sources")
 
 
 class _Signer:
@@ -74,12 +92,32 @@ class _Signer:
     are near expiry."""
 
     def __init__(self, credentials: Any, url: str, region: str) -> None:
+        self._endpoint = EndpointSigner(url, region=region, service=_SIGNING_NAME)
+        self._renewed_at = -math.inf
+        self.use(credentials)
+
+    def use(self, credentials: Any) -> None:
         self._credentials = credentials
         self._refreshable = isinstance(credentials, RefreshableCredentials)
         self._frozen: ReadOnlyCredentials | None = None
-        self._endpoint = EndpointSigner(url, region=region, service=_SIGNING_NAME)
 
-    async def headers(self, target: str, body: bytes) -> dict[str, str]:
+    async def renew(self, resolve: ResolveCredentials) -> bool:
+        """The endpoint called our credentials expired: resolve them again from the provider
+        chain (a new role session, the task role's or web identity's next keys), at most
+        once per ``RENEW_INTERVAL_S``. False when it was too soon to ask again."""
+        now = time.monotonic()
+        if now - self._renewed_at < RENEW_INTERVAL_S:
+            return False
+        self._renewed_at = now
+        self.use(await resolve())
+        return True
+
+    @property
+    def has_credentials(self) -> bool:
+        return self._credentials is not None
+
+    async def headers(self, target: str, body: bytes) -> Mapping[str, str]:
+        """The signed headers, as of now: called by the transport right before it sends."""
         return self._endpoint.headers(await self._current(), target, body)
 
     async def _current(self) -> ReadOnlyCredentials:
@@ -117,35 +155,65 @@ def _json_object(body: bytes, operation: str, where: str) -> dict[str, Any]:
 
 
 class Transport(Protocol):
-    """Sends a signed request to the endpoint: ``HttpPool``, or ``AiohttpTransport``."""
+    """Sends a request to the endpoint: ``HttpPool``, or ``AiohttpTransport``. ``sign``
+    makes its headers once a connection is free for it, right before it is sent."""
 
     @property
     def closed(self) -> bool: ...
 
-    async def post(self, headers: Mapping[str, str], body: bytes) -> Response: ...
+    async def post(self, sign: Sign, body: bytes) -> Response: ...
 
     async def close(self) -> None: ...
 
 
 class AiohttpTransport:
     """The same requests through an ``aiohttp`` session: used when a proxy is configured
-    (``aiohttp`` tunnels through it; ``HttpPool`` speaks to the endpoint directly)."""
+    (``aiohttp`` tunnels through it; ``HttpPool`` speaks to the endpoint directly).
 
-    def __init__(self, url: str, session: aiohttp.ClientSession) -> None:
+    At most ``max_connections`` requests are in flight (the session's connector should
+    allow as many), each signed once it may go; a reply's body over ``max_body_bytes``
+    fails the call with ``TransportError``. Timeouts are the session's.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        session: aiohttp.ClientSession,
+        *,
+        max_connections: int,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    ) -> None:
         self._url = url
         self._session = session
+        self._slots = asyncio.Semaphore(max_connections)
+        self._max_body_bytes = max_body_bytes
 
     @property
     def closed(self) -> bool:
         return self._session.closed
 
-    async def post(self, headers: Mapping[str, str], body: bytes) -> Response:
-        async with self._session.post(
-            self._url, data=body, headers=headers, allow_redirects=False
-        ) as response:
-            payload = await response.read()
-            names = {name.lower(): value for name, value in response.headers.items()}
-            return Response(response.status, names, payload)
+    async def post(self, sign: Sign, body: bytes) -> Response:
+        async with self._slots:
+            headers = await sign()
+            async with self._session.post(
+                self._url, data=body, headers=headers, allow_redirects=False
+            ) as response:
+                payload = await self._read(response)
+                names = {name.lower(): value for name, value in response.headers.items()}
+                return Response(response.status, names, payload)
+
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        too_large = f"the reply's body is over {self._max_body_bytes} bytes"
+        if (response.content_length or 0) > self._max_body_bytes:
+            raise TransportError(too_large)
+        chunks: list[bytes] = []
+        room = self._max_body_bytes
+        async for chunk in response.content.iter_any():
+            room -= len(chunk)
+            if room < 0:
+                raise TransportError(too_large)
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def close(self) -> None:
         await self._session.close()
@@ -169,8 +237,10 @@ class RawStreamsClient:
         endpoint_url: str,
         region: str,
         credentials: Any,
+        resolve_credentials: ResolveCredentials | None = None,
     ) -> None:
         self._http = http
+        self._resolve_credentials = resolve_credentials
         self._url = endpoint_url.rstrip("/") + "/"
         self._region = region
         self._signer = _Signer(credentials, self._url, region)
@@ -192,12 +262,26 @@ class RawStreamsClient:
         return self._http.closed
 
     async def call(self, operation: str, params: Mapping[str, Any]) -> bytes:
-        """POST one operation; the response body, or botocore's ``ClientError`` for it."""
+        """POST one operation; the response body, or botocore's ``ClientError`` for it.
+
+        The transport signs the request once a connection is free for it: a signature
+        made before the wait for one would age with it."""
+        if not self._signer.has_credentials:
+            # What botocore's signer raises on every call of a client without credentials
+            # (it maps to the same SourceError); raised before a connection is taken.
+            raise NoCredentialsError
         body = orjson.dumps(params)
-        headers = await self._signer.headers(_TARGET_PREFIX + operation, body)
-        response = await self._http.post(headers, body)
+        sign = partial(self._signer.headers, _TARGET_PREFIX + operation, body)
+        response = await self._http.post(sign, body)
         if response.status >= 300:
-            raise _client_error(operation, response.status, response.headers, response.body)
+            error = _client_error(operation, response.status, response.headers, response.body)
+            code = error.response.get("Error", {}).get("Code")
+            if code in EXPIRED_CREDENTIAL_CODES and self._resolve_credentials is not None:
+                # The call still fails (and is retried with backoff); the next is signed
+                # with what the provider chain hands out now.
+                if await self._signer.renew(self._resolve_credentials):
+                    log.warning("credentials expired; resolved again", code=code)
+            raise error
         return response.body
 
     async def describe_stream(self, **params: Any) -> dict[str, Any]:
@@ -300,35 +384,56 @@ class RawDynamoDBStreamsSource:
 
 
 def proxy_for(url: str) -> str | None:
-    """The proxy HTTPS_PROXY / HTTP_PROXY name for ``url`` unless NO_PROXY exempts it, as
-    botocore decides, read once: aiohttp's ``trust_env`` would look the environment and
-    ~/.netrc up again on every request, in a thread."""
-    parts = urlsplit(url)
-    if urllib.request.proxy_bypass(parts.hostname or ""):
-        return None
-    return urllib.request.getproxies_environment().get(parts.scheme)
+    """The proxy botocore (so aiobotocore) sends ``url`` through, by botocore's own code:
+    HTTPS_PROXY / HTTP_PROXY unless NO_PROXY exempts the host or ``host:port``
+    (``get_environ_proxies``), a proxy without a scheme taken as ``http://``
+    (``ProxyConfiguration``). Read once: aiohttp's ``trust_env`` would look the
+    environment and ~/.netrc up again on every request, in a thread."""
+    proxy = ProxyConfiguration(proxies=get_environ_proxies(url)).proxy_url_for(url)
+    return proxy or None
+
+
+def _checked_region(region: str) -> str:
+    """``region`` if it is one host label (botocore's rule), else ``ConfigError``. The
+    region goes into the endpoint's host name and into every signed request: a
+    ``us-east-1.evil.example#`` would send them to another host, a CR or LF add headers."""
+    try:
+        validate_region_name(region)
+        valid = _REGION.fullmatch(region) is not None
+    except InvalidRegionError:
+        valid = False
+    if not valid:
+        raise ConfigError(
+            [
+                f"aws.region: {region!r} is not a valid region name (letters, digits and"
+                " inner hyphens, at most 63; as set here or in AWS_REGION / the profile)"
+            ]
+        )
+    return region
 
 
 async def open_raw_client(
     aws: AwsConfig, *, max_connections: int = DEFAULT_MAX_CONNECTIONS
 ) -> RawStreamsClient:
-    """A client for ``aws`` (region, endpoint, profile), credentials resolved once.
+    """A client for ``aws`` (region, endpoint, profile); credentials are resolved once, and
+    again when the endpoint says they expired.
 
     Region and credentials come from ``aws`` first, then botocore's usual chain, as for
-    the aiobotocore clients; the endpoint is ``aws.endpoint_url`` or the region's public
-    DynamoDB Streams endpoint.
+    the aiobotocore clients; the endpoint is the one an aiobotocore client would use
+    (``shardwise.aws.resolve_endpoint``).
     """
-    session = AioSession(profile=aws.profile) if aws.profile else AioSession()
+    session = aws_session(aws)
     region = aws.region or session.get_config_variable("region")
     if not region:
         raise ConfigError(
             ["aws.region: no region configured; set it here or in AWS_REGION / the profile"]
         )
+    region = _checked_region(str(region))
     credentials = await session.get_credentials()
     # As botocore: AWS_CA_BUNDLE or the profile's ca_bundle, else the system's CAs.
     ca_bundle = session.get_config_variable("ca_bundle")
     tls = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else None
-    endpoint_url = aws.endpoint_url or f"https://streams.dynamodb.{region}.amazonaws.com"
+    endpoint_url = resolve_endpoint(aws, "dynamodbstreams", str(region))
     url = endpoint_url.rstrip("/") + "/"
     # As botocore: no compression asked for.
     headers = {"User-Agent": f"shardwise/{__version__}", "Accept-Encoding": "identity"}
@@ -344,17 +449,25 @@ async def open_raw_client(
             ssl_context=tls,
         )
     else:
-        session = aiohttp.ClientSession(
+        proxied = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=max_connections, ssl=tls or True),
+            # A whole call within both, as through the pool: a reply trickling in never
+            # trips the read timeout between its bytes.
             timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=CONNECT_TIMEOUT_S, sock_read=READ_TIMEOUT_S
+                total=CONNECT_TIMEOUT_S + READ_TIMEOUT_S,
+                sock_connect=CONNECT_TIMEOUT_S,
+                sock_read=READ_TIMEOUT_S,
             ),
             headers=headers,
             proxy=proxy,
         )
-        http = AiohttpTransport(url, session)
+        http = AiohttpTransport(url, proxied, max_connections=max_connections)
     return RawStreamsClient(
-        http, endpoint_url=endpoint_url, region=str(region), credentials=credentials
+        http,
+        endpoint_url=endpoint_url,
+        region=str(region),
+        credentials=credentials,
+        resolve_credentials=session.get_credentials,
     )
 
 

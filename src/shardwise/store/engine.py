@@ -155,7 +155,12 @@ def _sqlite_on_begin(connection: Connection) -> None:
 
 
 # What the drivers raise when used directly (store/fenced_writes.py), beside OSError.
-_DRIVER_ERRORS: Final = (asyncpg.PostgresError, asyncpg.InterfaceError)
+# InternalClientError: a statement sent on a connection the server has just ended.
+_DRIVER_ERRORS: Final = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+)
 
 
 @contextlib.contextmanager

@@ -3,6 +3,10 @@
 ``FailureStore`` shares the engine (and pool) of the ``CheckpointStore`` it is built from
 and never closes it. Every write is one short transaction; SQLAlchemy and driver errors
 leave as ``StoreError``, like everything else in this package.
+
+``add`` is idempotent per request id: a batch written again after a commit whose
+acknowledgement was lost finds its row (``INSERT ... ON CONFLICT (request_id) DO NOTHING``)
+and returns that row's id, so it is stored once.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Row, insert, select, update
+from sqlalchemy import Row, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.dml import Insert
 
 from shardwise.records import ShardId
 from shardwise.store.engine import map_store_errors, writer
@@ -29,6 +35,7 @@ class FailureRow:
     """One stored failed batch; ``record`` is Lambda's invocation record with the payload."""
 
     id: int
+    request_id: str | None  # None on rows stored before migration 0005
     processor: str
     stream_arn: str
     shard_id: ShardId
@@ -44,6 +51,7 @@ class FailureRow:
 def _row(row: Row[Any]) -> FailureRow:
     return FailureRow(
         id=row.id,
+        request_id=row.request_id,
         processor=row.processor,
         stream_arn=row.stream_arn,
         shard_id=ShardId(row.shard_id),
@@ -57,16 +65,36 @@ def _row(row: Row[Any]) -> FailureRow:
     )
 
 
+def _insert_once(dialect: str) -> Insert:
+    """INSERT ... ON CONFLICT (request_id) DO NOTHING RETURNING id: a repeated request adds
+    no row and returns none. Only the request id's conflict is ignored (unlike SQLite's
+    INSERT OR IGNORE, which would also drop a row breaking a NOT NULL)."""
+    conflict = [failures.c.request_id]
+    if dialect == "postgresql":
+        return (
+            postgresql.insert(failures)
+            .on_conflict_do_nothing(index_elements=conflict)
+            .returning(failures.c.id)
+        )
+    return (
+        sqlite.insert(failures)
+        .on_conflict_do_nothing(index_elements=conflict)
+        .returning(failures.c.id)
+    )
+
+
 class FailureStore:
     """Add, list and mark failed batches; build one from ``CheckpointStore.engine``."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._writer = writer(engine)
+        self._insert = _insert_once(engine.dialect.name)
 
     async def add(
         self,
         *,
+        request_id: str,
         processor: str,
         stream_arn: str,
         shard_id: str,
@@ -77,8 +105,12 @@ class FailureStore:
         record: Mapping[str, Any],
         failed_at: datetime,
     ) -> int:
-        """Store one failed batch and return its id; committed when this returns."""
-        statement = insert(failures).values(
+        """Store one failed batch and return its id; committed when this returns.
+
+        Storing the same ``request_id`` again stores nothing and returns the first row's id.
+        """
+        statement = self._insert.values(
+            request_id=request_id,
             processor=processor,
             stream_arn=stream_arn,
             shard_id=shard_id,
@@ -94,11 +126,11 @@ class FailureStore:
             "storing a failed batch", self._engine.url, processor=processor, shard_id=shard_id
         ):
             async with self._writer.begin() as connection:
-                result = await connection.execute(statement)
-        key = result.inserted_primary_key
-        if key is None:  # pragma: no cover - both backends report the new id
-            raise RuntimeError("the database did not report the id of the new failure row")
-        return int(key[0])
+                added = (await connection.execute(statement)).scalar()
+                if added is None:  # stored already, by the write whose acknowledgement was lost
+                    query = select(failures.c.id).where(failures.c.request_id == request_id)
+                    added = (await connection.execute(query)).scalar_one()
+        return int(added)
 
     async def list(
         self, processor: str, ids: Sequence[int] | None = None

@@ -98,6 +98,8 @@ checkpoints = Table(
 # One row per failed batch stored by the ``sql`` on-failure destination. ``record`` is Lambda's
 # invocation record with the payload, as JSON text; the other columns repeat what listing
 # needs so it never parses JSON. replayed_at is set by ``shardwise failures replay``.
+# request_id (migration 0005) is the batch's requestContext.requestId, unique so a write
+# retried after a lost commit acknowledgement stores nothing twice; NULL on older rows.
 failures = Table(
     "shardwise_failures",
     metadata,
@@ -112,8 +114,10 @@ failures = Table(
     Column("record", Text(), nullable=False),
     Column("failed_at", UTCDateTime(), nullable=False),
     Column("replayed_at", UTCDateTime(), nullable=True),
+    Column("request_id", String(64), nullable=True),
     PrimaryKeyConstraint("id"),
     Index("ix_shardwise_failures_processor_failed_at", "processor", "failed_at"),
+    Index("uq_shardwise_failures_request_id", "request_id", unique=True),
 )
 
 # One row per worker taking part in a processor's stream; ``heartbeat`` is incremented on every

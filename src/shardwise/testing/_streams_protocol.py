@@ -40,6 +40,7 @@ OPERATIONS: Final = (
 FAULT_CODES: Final = frozenset(
     {
         "ExpiredIteratorException",
+        "ExpiredTokenException",  # the request's credentials expired
         "InternalServerError",
         "LimitExceededException",
         "ResourceNotFoundException",
