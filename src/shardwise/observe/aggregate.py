@@ -36,7 +36,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from shardwise.config import Settings
-from shardwise.errors import ShardwiseError
+from shardwise.observe.health import listen
 from shardwise.observe.metrics import render
 
 __all__ = ["AggregateServer", "WorkerView", "merge_metrics"]
@@ -113,21 +113,10 @@ class AggregateServer:
 
     async def __aenter__(self) -> AggregateServer:
         """Listen on ``http.bind``; ``ShardwiseError`` if the address cannot be bound."""
-        app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
         http = self._settings.http
-        try:
-            await web.TCPSite(runner, http.host, http.port).start()
-        except OSError as exc:
-            await runner.cleanup()
-            raise ShardwiseError(
-                f"http.bind {http.bind}: cannot listen: {exc.strerror or exc}"
-            ) from exc
-        self._runner = runner
+        self._runner = await listen(
+            http, {"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz}
+        )
         self._client = aiohttp.ClientSession()
         log.info("http endpoint listening", host=http.host, port=self.bound_port)
         return self

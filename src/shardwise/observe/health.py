@@ -20,19 +20,26 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final, Protocol
 
 import structlog
 from aiohttp import web
 
-from shardwise.config import Settings
+from shardwise.config import HttpConfig, Settings
 from shardwise.errors import ShardwiseError, StoreError
 from shardwise.observe.metrics import build_registry, render
 from shardwise.observe.progress import ProcessorProgress
 
-__all__ = ["HealthReport", "ObserveServer", "Pingable", "StalledShard", "health_report"]
+__all__ = [
+    "HealthReport",
+    "ObserveServer",
+    "Pingable",
+    "StalledShard",
+    "health_report",
+    "listen",
+]
 
 log = structlog.get_logger("shardwise.observe")
 
@@ -115,6 +122,28 @@ class _State(enum.Enum):
     STOPPED = "stopped"
 
 
+Route = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def listen(http: HttpConfig, routes: Mapping[str, Route]) -> web.AppRunner:
+    """Serve ``routes`` (GET) on ``http.bind``; ``ShardwiseError`` if it cannot be bound."""
+    app = web.Application()
+    for path, handler in routes.items():
+        app.router.add_get(path, handler)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, http.host, http.port).start()
+    except BaseException as exc:
+        await runner.cleanup()
+        if isinstance(exc, OSError):  # address in use, not an address of this host, ...
+            raise ShardwiseError(
+                f"http.bind {http.bind}: cannot listen: {exc.strerror or exc}"
+            ) from exc
+        raise
+    return runner
+
+
 class ObserveServer:
     """Serves ``/metrics``, ``/healthz`` and ``/readyz`` for one supervisor.
 
@@ -163,21 +192,10 @@ class ObserveServer:
         """Listen on ``http.bind``; ``ShardwiseError`` if the address cannot be bound."""
         if self._state is not _State.NEW:
             raise RuntimeError(f"ObserveServer is {self._state.value}; start it only once")
-        app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, self._settings.http.host, self._settings.http.port).start()
-        except BaseException as exc:
-            await runner.cleanup()
-            if isinstance(exc, OSError):  # address in use, not an address of this host, ...
-                where = f"http.bind {self._settings.http.bind}"
-                raise ShardwiseError(f"{where}: cannot listen: {exc.strerror or exc}") from exc
-            raise
-        self._runner = runner
+        self._runner = await listen(
+            self._settings.http,
+            {"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz},
+        )
         self._last_tick = time.monotonic()
         self._ticker = asyncio.create_task(self._tick(), name="shardwise-observe-ticker")
         self._state = _State.SERVING
