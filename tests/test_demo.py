@@ -24,9 +24,9 @@ from shardwise.config import load_config
 from shardwise.demo import OrderTraffic, OrderWriter, run_demo
 from shardwise.examples import orders_view
 from shardwise.observe.progress import ProcessorProgress
-from shardwise.processors import import_handler
+from shardwise.processors import import_handler, search_paths
 from shardwise.store import CheckpointStore
-from shardwise.supervisor import Supervisor, search_paths
+from shardwise.supervisor import Supervisor
 
 REPO = Path(__file__).resolve().parents[1]
 PROGRESS_LINE = re.compile(r"^\s*\d+s \| written \d+ \| processed \d+ ", re.MULTILINE)
@@ -324,7 +324,8 @@ class TestExampleConfig:
         [processor] = settings.processors
         assert processor.source.dynamodb.table == "Orders"
         assert processor.handler == "orders_view.handler"  # Lambda's notation, unchanged
-        assert import_handler(processor.handler, search_paths(settings)) is orders_view.handler
+        paths = search_paths(settings.config_dir)
+        assert import_handler(processor.handler, paths) is orders_view.handler
 
 
 class TestShippedHandler:

@@ -172,14 +172,13 @@ def _cmd_iam_policy(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from shardwise.processors import import_handler
-    from shardwise.supervisor import search_paths
+    from shardwise.processors import import_handler, search_paths
 
     settings = _load(args.config)
     problems: list[str] = []
     for index, processor in enumerate(settings.processors):
         try:
-            import_handler(processor.handler, search_paths(settings))
+            import_handler(processor.handler, search_paths(settings.config_dir))
         except HandlerImportError as exc:
             problems.append(f"processors[{index}].handler: {exc}")
     if problems:

@@ -40,6 +40,7 @@ __all__ = [
     "Processor",
     "build_processor",
     "import_handler",
+    "search_paths",
     "split_handler",
 ]
 
@@ -117,8 +118,13 @@ def _dotted_identifier(text: str) -> bool:
     return bool(text) and all(part.isidentifier() for part in text.split("."))
 
 
-def import_handler(ref: str, search_paths: Sequence[Path] = ()) -> Any:
-    """Import the handler ``ref`` names (see ``split_handler``) with ``search_paths`` first.
+def search_paths(config_dir: Path) -> list[Path]:
+    """Like Lambda's task root: the config file's directory, then the current directory."""
+    return list(dict.fromkeys([config_dir.resolve(), Path.cwd().resolve()]))
+
+
+def import_handler(ref: str, paths: Sequence[Path] = ()) -> Any:
+    """Import the handler ``ref`` names (see ``split_handler``) with ``paths`` first.
 
     Like Lambda's task root, the paths stay on ``sys.path`` for the life of the process, so
     modules the handler imports later are found too.
@@ -127,10 +133,10 @@ def import_handler(ref: str, search_paths: Sequence[Path] = ()) -> Any:
         module_name, attr_path = split_handler(ref)
     except ValueError as exc:
         raise HandlerImportError(f"handler {ref!r}: {exc}") from exc
-    for path in reversed(search_paths):
+    for path in reversed(paths):
         if str(path) not in sys.path:
             sys.path.insert(0, str(path))
-    where = ", ".join(str(p) for p in search_paths) or "sys.path"
+    where = ", ".join(str(p) for p in paths) or "sys.path"
     try:
         target: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

@@ -31,7 +31,7 @@ from shardwise.errors import ConfigError, HandlerImportError, ShardwiseError, fi
 from shardwise.gc_policy import GcPolicy
 from shardwise.leases import LeaseCoordinator
 from shardwise.observe.progress import ProcessorProgress
-from shardwise.processors import build_processor, import_handler
+from shardwise.processors import build_processor, import_handler, search_paths
 from shardwise.runner import ProcessorRunner
 from shardwise.sources.base import ShardSource
 from shardwise.sources.dynamodb import DynamoDBStreamsSource, resolve_stream_arn
@@ -42,7 +42,7 @@ from shardwise.sources.dynamodb_raw import (
 )
 from shardwise.store import CheckpointStore
 
-__all__ = ["Supervisor", "search_paths"]
+__all__ = ["Supervisor"]
 
 log = structlog.get_logger("shardwise.supervisor")
 
@@ -223,7 +223,7 @@ class Supervisor:
             log.warning("these sections change only on restart; not applied", sections=changed)
 
     def _import(self, configs: list[ProcessorConfig]) -> dict[str, Any]:
-        paths = search_paths(self.settings)
+        paths = search_paths(self.settings.config_dir)
         return {p.name: import_handler(p.handler, paths) for p in configs}
 
     async def _retire(self, name: str) -> None:
@@ -353,9 +353,3 @@ class Supervisor:
             sync_interval_s=worker.shard_sync_interval_seconds,
             destination=destination,
         )
-
-
-def search_paths(settings: Settings) -> list[Path]:
-    """Like Lambda's task root: the config file's directory, then the current directory."""
-    paths = [settings.config_dir.resolve(), Path.cwd().resolve()]
-    return list(dict.fromkeys(paths))

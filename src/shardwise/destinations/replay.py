@@ -27,9 +27,8 @@ from shardwise.destinations.factory import target_kind
 from shardwise.dispatch.response import interpret_response
 from shardwise.errors import ConfigError
 from shardwise.observe.table import format_table
-from shardwise.processors import Processor, build_processor, import_handler
+from shardwise.processors import Processor, build_processor, import_handler, search_paths
 from shardwise.records import Batch, ShardId
-from shardwise.supervisor import search_paths
 
 __all__ = ["add_failures_commands"]
 
@@ -136,7 +135,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     settings, config, target = setup
     handler = None
     if not args.print:  # fail fast, before reading the destination
-        handler = import_handler(config.handler, search_paths(settings))
+        handler = import_handler(config.handler, search_paths(settings.config_dir))
     ids = None if args.all else list(dict.fromkeys(args.ids))
     return asyncio.run(_replay(settings, config, target, ids, handler))
 
