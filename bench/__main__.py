@@ -30,7 +30,7 @@ from typing import Any, Final
 from bench.plans import FULL, QUICK, Plan
 from bench.report import CaseResult, render_table, to_json
 
-CASES: Final = ("throughput", "latency", "checkpoints", "scale", "processes", "cost")
+CASES: Final = ("throughput", "pages", "latency", "checkpoints", "scale", "processes", "cost")
 BACKGROUND: Final = frozenset({"cost"})  # waits more than it works: runs beside the others
 OPT_IN: Final = ("soak",)  # only with --only: the full soak runs for 10 minutes
 RESULTS: Final = Path(__file__).parent / "results"
@@ -50,11 +50,22 @@ def _environment() -> None:
 
 
 def _case(name: str, plan: Plan, workdir: Path) -> Coroutine[Any, Any, CaseResult]:
-    from bench import checkpoints, cost, latency, processes, profiling, scale, soak, throughput
+    from bench import (
+        checkpoints,
+        cost,
+        latency,
+        pages,
+        processes,
+        profiling,
+        scale,
+        soak,
+        throughput,
+    )
 
     runners: dict[str, Callable[[], Coroutine[Any, Any, CaseResult]]] = {
         "throughput": lambda: throughput.run(plan.throughput, workdir),
         "latency": lambda: latency.run(plan.latency, workdir),
+        "pages": lambda: pages.run(plan.pages, workdir),
         "checkpoints": lambda: checkpoints.run(plan.checkpoints, workdir),
         "scale": lambda: scale.run(plan.scale, workdir),
         "cost": lambda: cost.run(plan.cost, workdir),

@@ -16,6 +16,7 @@ __all__ = [
     "CheckpointPlan",
     "CostPlan",
     "LatencyPlan",
+    "PagesPlan",
     "Plan",
     "ScalePlan",
     "SoakPlan",
@@ -54,6 +55,13 @@ class CheckpointPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class PagesPlan:
+    pages: int  # decodes timed per figure
+    alive: tuple[int, ...] = (1, 2, 4, 8, 16)  # decoded pages kept alive; the first is the baseline
+    payload_bytes: int = 100
+
+
+@dataclass(frozen=True, slots=True)
 class SoakPlan:
     seconds: float  # how long the supervisor consumes under load
     sample_seconds: float  # RSS sampled this often
@@ -69,6 +77,7 @@ class Plan:
     scale: ScalePlan = ScalePlan(1000, 12.0, 100.0, 8.0)
     cost: CostPlan = CostPlan(10, 60.0, 10.0)
     checkpoints: CheckpointPlan = CheckpointPlan(3000, (10, 100, 1000))
+    pages: PagesPlan = PagesPlan(400)
     soak: SoakPlan = SoakPlan(600.0, 10.0, 60.0, 4, 20_000.0)  # only with --only soak
     processes: ProcessesPlan = field(
         default_factory=lambda: ProcessesPlan(shards=8, records_per_shard=8_000)
@@ -92,6 +101,7 @@ QUICK = Plan(
     scale=ScalePlan(20, 1.5, 20.0, 0.5, warmup_timeout_s=30.0),
     cost=CostPlan(5, 2.0, 2.0),
     checkpoints=CheckpointPlan(100, (10, 100)),
+    pages=PagesPlan(10, alive=(1, 8)),
     soak=SoakPlan(4.0, 0.5, 1.0, 4, 2_000.0),
     processes=ProcessesPlan(shards=8, records_per_shard=100, timeout_s=60.0),
 )

@@ -10,11 +10,13 @@ import asyncio
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
+from shardwise.store import CheckpointStore
 
 # botocore must never look for real credentials or a real region in tests.
 os.environ["AWS_ACCESS_KEY_ID"] = "testing"
@@ -99,6 +101,13 @@ async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     database: str = request.getfixturevalue("postgres_database")
     await _reset_schema(database)
     return database
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[CheckpointStore]:
+    """A migrated store, on SQLite and on PostgreSQL; closed after the test."""
+    async with await CheckpointStore.connect(store_url) as opened:
+        yield opened
 
 
 @pytest.fixture(scope="session")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import subprocess
 import sys
 import textwrap
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +126,26 @@ def create_table(
     )
     resource = boto3.resource("dynamodb", endpoint_url=endpoint_url, region_name="us-east-1")
     return resource.Table(name), name
+
+
+@contextmanager
+def command_running(
+    command: Sequence[str], *, cwd: Path, env: dict[str, str]
+) -> Iterator[subprocess.Popen[str]]:
+    """A command as a user starts it (no stdin, output captured as text); killed if it is
+    still running when the block ends, and its pipes drained."""
+    process = subprocess.Popen(
+        list(command),
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()

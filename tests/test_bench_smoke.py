@@ -27,6 +27,7 @@ MODULES = (
     "bench.harness",
     "bench.latency",
     "bench.load_server",
+    "bench.pages",
     "bench.plans",
     "bench.processes",
     "bench.profiling",
@@ -48,7 +49,15 @@ class TestBenchSmoke:
     @pytest.mark.timeout(300)
     def test_quick_run_writes_the_report(self, tmp_path: Path) -> None:
         completed, cases = _quick_run(tmp_path)
-        assert set(cases) == {"throughput", "latency", "checkpoints", "scale", "processes", "cost"}
+        assert set(cases) == {
+            "throughput",
+            "pages",
+            "latency",
+            "checkpoints",
+            "scale",
+            "processes",
+            "cost",
+        }
         for case in cases.values():
             assert case["error"] is None
             assert case["figures"], case["case"]

@@ -27,6 +27,7 @@ from shardwise.observe.progress import ProcessorProgress
 from shardwise.processors import import_handler, search_paths
 from shardwise.store import CheckpointStore
 from shardwise.supervisor import Supervisor
+from tests.e2e import command_running
 
 REPO = Path(__file__).resolve().parents[1]
 PROGRESS_LINE = re.compile(r"^\s*\d+s \| written \d+ \| processed \d+ ", re.MULTILINE)
@@ -335,7 +336,7 @@ class TestShippedHandler:
         [processor] = demo.demo_settings("http://127.0.0.1:9", tmp_path).processors
         assert processor.handler == "shardwise.examples.orders_view.handler"
         assert import_handler(processor.handler) is orders_view.handler
-        package = Path(demo.__file__).parent
+        package = Path(demo.__file__).parents[1]  # shardwise/, which holds demo/ and examples/
         assert Path(orders_view.__file__).is_relative_to(package)
 
     def test_examples_dir_names_the_same_handler(self) -> None:
@@ -354,21 +355,10 @@ def demo_process(*args: str) -> Iterator[subprocess.Popen[str]]:
     """``python -m shardwise demo`` from the repository root, with no AWS credentials set."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env["PYTHONUNBUFFERED"] = "1"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "shardwise", "demo", *args],
-        cwd=REPO,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with command_running(
+        [sys.executable, "-m", "shardwise", "demo", *args], cwd=REPO, env=env
+    ) as process:
         yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate()
 
 
 class TestDemoCommand:

@@ -26,9 +26,9 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from shardwise.cli.iam import iam_policy
 from shardwise.config import Settings, parse_config
 from shardwise.observe.health import ObserveServer
-from shardwise.observe.iam import iam_policy
 from tests.observe.test_metrics import busy_progress, scrape
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -498,7 +498,7 @@ class TestIamPolicyFile:
     """deploy/iam-policy.json is exactly what iam_policy computes for the sample config."""
 
     def test_matches_iam_policy(self) -> None:
-        """Regenerate with: shardwise.observe.iam.iam_policy(sample settings)."""
+        """Regenerate with: shardwise.cli.iam.iam_policy(sample settings)."""
         stored = json.loads((DEPLOY / "iam-policy.json").read_text())
         assert stored == iam_policy(sample_settings())
 

@@ -27,6 +27,7 @@ PUBLIC = {
         "Processor",
         "build_processor",
         "import_handler",
+        "search_paths",
         "split_handler",
     ],
     "shardwise.store": [

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e import command_running
+
 ROOT = Path(__file__).resolve().parents[1]
 DEV_CONSTRAINTS = ROOT / "requirements" / "constraints-dev.txt"
 PROGRESS = re.compile(r"^\s*\d+s \| written \d+ \| processed (\d+) ", re.MULTILINE)
@@ -116,21 +118,9 @@ class TestWheel:
 @pytest.fixture
 def demo(installed: Installed, tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
     """``shardwise demo`` of the installed wheel, started outside the checkout."""
-    process = subprocess.Popen(
-        [installed.command("shardwise"), "demo", "--workdir", str(tmp_path / "work")],
-        cwd=installed.elsewhere,
-        env=installed.env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    command = [installed.command("shardwise"), "demo", "--workdir", str(tmp_path / "work")]
+    with command_running(command, cwd=installed.elsewhere, env=installed.env) as process:
         yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate()
 
 
 class TestDemoFromTheWheel:

@@ -12,7 +12,33 @@ import pytest
 from shardwise.config import load_config
 from shardwise.supervisor import Supervisor
 from shardwise.testing import StreamsServer
-from tests.e2e import read_jsonl, recording_handler, wait_until
+from tests.e2e import read_jsonl, recording_handler, wait_until, write_module
+
+# A class processor whose invocations never finish (the drain deadline cancels them) and
+# whose teardown takes a moment: each step is noted, in order, in one file.
+STUCK_HANDLER = """
+import asyncio, os
+
+OUT = os.path.join(os.path.dirname(__file__), "{out}")
+
+
+def note(step):
+    with open(OUT, "a") as f:
+        f.write(step + "\\n")
+
+
+class Stuck:
+    async def setup(self):
+        note("setup")
+
+    async def process(self, event, context):
+        note("process")
+        await asyncio.sleep(3600)
+
+    async def teardown(self):
+        await asyncio.sleep(0.2)
+        note("teardown")
+"""
 
 
 @pytest.fixture
@@ -25,13 +51,15 @@ def has(path: Path, count: int) -> Callable[[], bool]:
     return lambda: len(read_jsonl(path)) == count
 
 
-def write_config(path: Path, endpoint: str, store: str, processors: str) -> None:
+def write_config(
+    path: Path, endpoint: str, store: str, processors: str, grace_s: float = 10
+) -> None:
     path.write_text(
         textwrap.dedent(
             f"""
             aws: {{region: us-east-1, endpoint_url: "{endpoint}"}}
             store: {{url: "{store}"}}
-            worker: {{shutdown_timeout_seconds: 10, shard_sync_interval_seconds: 1}}
+            worker: {{shutdown_timeout_seconds: {grace_s}, shard_sync_interval_seconds: 1}}
             processors:
             """
         )
@@ -123,3 +151,40 @@ class TestReload:
         finally:
             supervisor.request_stop()
             await asyncio.wait_for(task, timeout=30)
+
+    async def test_retired_runner_finishes_before_its_replacement_starts(
+        self, tmp_path: Path, server: StreamsServer, sqlite_url: str
+    ) -> None:
+        """A changed processor whose drain runs past the deadline is cancelled, and its old
+        runner has released everything and torn down before the new one sets up."""
+        stream = server.create_stream("Orders")
+        [shard] = stream.shard_ids
+        stream.put_many(shard, 2)
+        module = write_module(tmp_path, "stuck_handler", STUCK_HANDLER.format(out="steps.txt"))
+        steps = tmp_path / "steps.txt"
+        config = tmp_path / "shardwise.yaml"
+
+        def configure(batch_size: int) -> None:
+            handler = f"{module}:Stuck"
+            extra = f"batch_size: {batch_size}"
+            processors = processor("p", handler, stream.arn, extra)
+            write_config(config, server.endpoint_url, sqlite_url, processors, 0.3)
+
+        def noted() -> list[str]:
+            return steps.read_text().splitlines() if steps.exists() else []
+
+        configure(batch_size=10)
+        supervisor = Supervisor(load_config(config), config_path=config)
+        task = asyncio.create_task(supervisor.run(install_signal_handlers=False))
+        try:
+            await wait_until(lambda: noted() == ["setup", "process"], what="first invocation")
+            old = supervisor._running["p"].task
+            configure(batch_size=5)
+            await supervisor.reload()
+            assert old.done()  # drained (here: cancelled at the deadline) and awaited
+            assert supervisor._running["p"].task is not old
+            await wait_until(lambda: len(noted()) == 5, what="second invocation")
+        finally:
+            supervisor.request_stop()
+            await asyncio.wait_for(task, timeout=30)
+        assert noted()[:5] == ["setup", "process", "teardown", "setup", "process"]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 from structlog.testing import capture_logs
 
+from shardwise.config import Settings
 from shardwise.errors import StoreError, StreamNotFoundError, TrimmedDataError
 from shardwise.records import ShardId
 from shardwise.store import CheckpointStore, ShardCheckpoint
@@ -30,6 +32,32 @@ def shard_seqs(stream: ScriptedStream, shard_id: str) -> list[int]:
     return [int(r["dynamodb"]["SequenceNumber"]) for r in stream.records(shard_id)]
 
 
+class Configure(Protocol):
+    """The ``configure`` fixture: a test's settings from its processor's few lines."""
+
+    def __call__(
+        self, handler: str, arn: str, *, extra: str = "", transport: str = "raw"
+    ) -> Settings: ...
+
+
+@pytest.fixture
+def configure(tmp_path: Path, server: StreamsServer, sqlite_url: str) -> Configure:
+    """Settings for one processor, ``p``: ``handler`` reading ``arn`` (``processor_yaml``;
+    ``extra``, its more settings), through ``transport``, against ``server`` and the test's
+    SQLite store."""
+
+    def settings(handler: str, arn: str, *, extra: str = "", transport: str = "raw") -> Settings:
+        return settings_for(
+            tmp_path,
+            endpoint_url=server.endpoint_url,
+            store_url=sqlite_url,
+            processors=processor_yaml(handler, arn, extra=extra),
+            transport=transport,
+        )
+
+    return settings
+
+
 def processor_yaml(
     handler: str, arn: str, *, name: str = "p", extra: str = "", start: str = "TRIM_HORIZON"
 ) -> str:
@@ -46,7 +74,7 @@ class TestLineage:
     """A split's children start only after the parent is read to its end."""
 
     async def test_children_after_parent(
-        self, tmp_path: Path, server: StreamsServer, sqlite_url: str
+        self, tmp_path: Path, server: StreamsServer, sqlite_url: str, configure: Configure
     ) -> None:
         stream = server.create_stream("Orders")
         [parent] = stream.shard_ids
@@ -55,12 +83,7 @@ class TestLineage:
         for child in children:
             stream.put_many(child, 20)
         handler, out = recording_handler(tmp_path)
-        settings = settings_for(
-            tmp_path,
-            endpoint_url=server.endpoint_url,
-            store_url=sqlite_url,
-            processors=processor_yaml(handler, stream.arn, extra="batch_size: 100"),
-        )
+        settings = configure(handler, stream.arn, extra="batch_size: 100")
         async with running(settings):
             await wait_until(lambda: len(read_jsonl(out)) >= 2540, what="all records")
         delivered = seqs(out)
@@ -77,18 +100,13 @@ class TestLineage:
         assert {rows[c].parent_shard_id for c in children} == {parent}
 
     async def test_new_shards_are_discovered_while_running(
-        self, tmp_path: Path, server: StreamsServer, sqlite_url: str
+        self, tmp_path: Path, server: StreamsServer, configure: Configure
     ) -> None:
         stream = server.create_stream("Orders")
         [first] = stream.shard_ids
         stream.put_many(first, 5)
         handler, out = recording_handler(tmp_path)
-        settings = settings_for(
-            tmp_path,
-            endpoint_url=server.endpoint_url,
-            store_url=sqlite_url,
-            processors=processor_yaml(handler, stream.arn),
-        )
+        settings = configure(handler, stream.arn)
         async with running(settings):
             await wait_until(lambda: len(read_jsonl(out)) >= 5, what="first shard")
             [child] = stream.split(first, into=1)
@@ -100,7 +118,7 @@ class TestLineage:
         self,
         tmp_path: Path,
         server: StreamsServer,
-        sqlite_url: str,
+        configure: Configure,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         """The sync leader cannot read the lease table (a database restart): it retries
@@ -121,12 +139,7 @@ class TestLineage:
 
         monkeypatch.setattr(CheckpointStore, "load", flaky_load)
         handler, out = recording_handler(tmp_path)
-        settings = settings_for(
-            tmp_path,
-            endpoint_url=server.endpoint_url,
-            store_url=sqlite_url,
-            processors=processor_yaml(handler, stream.arn),
-        )
+        settings = configure(handler, stream.arn)
         with capture_logs() as logs:
             async with running(settings):
                 await wait_until(lambda: len(read_jsonl(out)) >= 5, what="records after outage")
@@ -135,19 +148,14 @@ class TestLineage:
         assert len(retries) == 2
 
     async def test_stopped_before_the_stream_answered(
-        self, tmp_path: Path, server: StreamsServer, sqlite_url: str
+        self, tmp_path: Path, server: StreamsServer, configure: Configure
     ) -> None:
         """A worker asked to stop while it still cannot list its stream (the endpoint is
         failing) stops cleanly: nothing was started, nothing is left to fail."""
         stream = server.create_stream("Orders")
         server.fail("DescribeStream", "InternalServerError", times=None)
         handler, _ = recording_handler(tmp_path)
-        settings = settings_for(
-            tmp_path,
-            endpoint_url=server.endpoint_url,
-            store_url=sqlite_url,
-            processors=processor_yaml(handler, stream.arn),
-        )
+        settings = configure(handler, stream.arn)
         with capture_logs() as logs:
             async with running(settings):
                 await wait_until(
@@ -160,17 +168,14 @@ class TestLineage:
 class TestPagination:
     """DescribeStream is paginated: a stream with 250 shards is read whole."""
 
-    async def test_250_shards(self, tmp_path: Path, server: StreamsServer, sqlite_url: str) -> None:
+    async def test_250_shards(
+        self, tmp_path: Path, server: StreamsServer, sqlite_url: str, configure: Configure
+    ) -> None:
         stream = server.create_stream("Wide", shards=250)
         for shard_id in stream.shard_ids:
             stream.put_many(shard_id, 2)
         handler, out = recording_handler(tmp_path)
-        settings = settings_for(
-            tmp_path,
-            endpoint_url=server.endpoint_url,
-            store_url=sqlite_url,
-            processors=processor_yaml(handler, stream.arn),
-        )
+        settings = configure(handler, stream.arn)
         async with running(settings):
             await wait_until(lambda: len(read_jsonl(out)) >= 500, timeout_s=60, what="500")
         assert len(set(seqs(out))) == 500
@@ -199,7 +204,7 @@ class TestFaults:
         self,
         tmp_path: Path,
         server: StreamsServer,
-        sqlite_url: str,
+        configure: Configure,
         operation: str,
         code: str,
         times: int,
@@ -209,13 +214,7 @@ class TestFaults:
         [shard] = stream.shard_ids
         stream.put_many(shard, 30)
         handler, out = recording_handler(tmp_path)
-        settings = settings_for(
-            tmp_path,
-            endpoint_url=server.endpoint_url,
-            store_url=sqlite_url,
-            processors=processor_yaml(handler, stream.arn, extra="batch_size: 10"),
-            transport=transport,
-        )
+        settings = configure(handler, stream.arn, extra="batch_size: 10", transport=transport)
         server.fail(operation, code, times=times)
         async with running(settings):
             await wait_until(lambda: len(read_jsonl(out)) >= 10, what="first batch")
@@ -227,22 +226,17 @@ class TestFaults:
         assert seqs(out) == shard_seqs(stream, shard)
 
     async def test_expired_iterator_keeps_buffered_records(
-        self, tmp_path: Path, server: StreamsServer, sqlite_url: str
+        self, tmp_path: Path, server: StreamsServer, configure: Configure
     ) -> None:
         """With a batching window, records read but not yet delivered are not read twice."""
         stream = server.create_stream("Orders")
         [shard] = stream.shard_ids
         stream.put_many(shard, 3)
         handler, out = recording_handler(tmp_path)
-        settings = settings_for(
-            tmp_path,
-            endpoint_url=server.endpoint_url,
-            store_url=sqlite_url,
-            processors=processor_yaml(
-                handler,
-                stream.arn,
-                extra="batch_size: 100\n      maximum_batching_window_in_seconds: 2",
-            ),
+        settings = configure(
+            handler,
+            stream.arn,
+            extra="batch_size: 100\n      maximum_batching_window_in_seconds: 2",
         )
         async with running(settings):
             await wait_until(lambda: server.calls["GetRecords"] >= 2, what="records buffered")
@@ -256,18 +250,13 @@ class TestTrimmedData:
     """Data trimmed before it was read is never skipped silently."""
 
     async def _checkpoint_some(
-        self, tmp_path: Path, server: StreamsServer, sqlite_url: str, extra: str = ""
+        self, tmp_path: Path, server: StreamsServer, configure: Configure, extra: str = ""
     ) -> tuple[ScriptedStream, str, str, Path]:
         stream = server.create_stream("Orders")
         [shard] = stream.shard_ids
         stream.put_many(shard, 5)
         handler, out = recording_handler(tmp_path)
-        settings = settings_for(
-            tmp_path,
-            endpoint_url=server.endpoint_url,
-            store_url=sqlite_url,
-            processors=processor_yaml(handler, stream.arn, extra=extra),
-        )
+        settings = configure(handler, stream.arn, extra=extra)
         async with running(settings):
             await wait_until(lambda: len(read_jsonl(out)) >= 5, what="first records")
         stream.put_many(shard, 10)
@@ -275,15 +264,10 @@ class TestTrimmedData:
         return stream, shard, handler, out
 
     async def test_resumes_at_trim_horizon_and_says_so(
-        self, tmp_path: Path, server: StreamsServer, sqlite_url: str
+        self, tmp_path: Path, server: StreamsServer, configure: Configure
     ) -> None:
-        stream, shard, handler, out = await self._checkpoint_some(tmp_path, server, sqlite_url)
-        settings = settings_for(
-            tmp_path,
-            endpoint_url=server.endpoint_url,
-            store_url=sqlite_url,
-            processors=processor_yaml(handler, stream.arn),
-        )
+        stream, shard, handler, out = await self._checkpoint_some(tmp_path, server, configure)
+        settings = configure(handler, stream.arn)
         with capture_logs() as logs:
             async with running(settings) as supervisor:
                 await wait_until(lambda: len(read_jsonl(out)) >= 12, what="records after the gap")
@@ -300,15 +284,10 @@ class TestTrimmedData:
         assert lost[1]["resumed_at_sequence"] == str(shard_seqs(stream, shard)[0])
 
     async def test_stop_policy_fails_loudly(
-        self, tmp_path: Path, server: StreamsServer, sqlite_url: str
+        self, tmp_path: Path, server: StreamsServer, configure: Configure
     ) -> None:
-        stream, _, handler, _ = await self._checkpoint_some(tmp_path, server, sqlite_url)
-        settings = settings_for(
-            tmp_path,
-            endpoint_url=server.endpoint_url,
-            store_url=sqlite_url,
-            processors=processor_yaml(handler, stream.arn, extra="on_trimmed_data: stop"),
-        )
+        stream, _, handler, _ = await self._checkpoint_some(tmp_path, server, configure)
+        settings = configure(handler, stream.arn, extra="on_trimmed_data: stop")
         with pytest.raises(TrimmedDataError, match="trimmed from the stream before they were read"):
             await Supervisor(settings).run(install_signal_handlers=False)
 
@@ -317,31 +296,21 @@ class TestStreamErrors:
     """Missing or disabled streams give clear errors."""
 
     async def test_unknown_stream(
-        self, tmp_path: Path, server: StreamsServer, sqlite_url: str
+        self, tmp_path: Path, server: StreamsServer, configure: Configure
     ) -> None:
         handler, _ = recording_handler(tmp_path)
         arn = "arn:aws:dynamodb:us-east-1:123456789012:table/Nope/stream/2026-01-01T00:00:00.000"
-        settings = settings_for(
-            tmp_path,
-            endpoint_url=server.endpoint_url,
-            store_url=sqlite_url,
-            processors=processor_yaml(handler, arn),
-        )
+        settings = configure(handler, arn)
         with pytest.raises(StreamNotFoundError, match="Nope"):
             await Supervisor(settings).run(install_signal_handlers=False)
 
     async def test_disabled_stream(
-        self, tmp_path: Path, server: StreamsServer, sqlite_url: str
+        self, tmp_path: Path, server: StreamsServer, configure: Configure
     ) -> None:
         stream = server.create_stream("Off")
         stream.disable()
         handler, _ = recording_handler(tmp_path)
-        settings = settings_for(
-            tmp_path,
-            endpoint_url=server.endpoint_url,
-            store_url=sqlite_url,
-            processors=processor_yaml(handler, stream.arn),
-        )
+        settings = configure(handler, stream.arn)
         with pytest.raises(StreamNotFoundError, match="DISABLED"):
             await Supervisor(settings).run(install_signal_handlers=False)
 
@@ -350,7 +319,7 @@ class TestHandlerFailures:
     """A failing batch is retried whole until it succeeds; later records wait."""
 
     async def test_retried_until_success_in_order(
-        self, tmp_path: Path, server: StreamsServer, sqlite_url: str
+        self, tmp_path: Path, server: StreamsServer, configure: Configure
     ) -> None:
         stream = server.create_stream("Orders")
         [shard] = stream.shard_ids
@@ -373,19 +342,14 @@ class TestHandlerFailures:
             """,
         )
         out = tmp_path / "flaky.jsonl"
-        settings = settings_for(
-            tmp_path,
-            endpoint_url=server.endpoint_url,
-            store_url=sqlite_url,
-            processors=processor_yaml("flaky:handler", stream.arn, extra="batch_size: 4"),
-        )
+        settings = configure("flaky:handler", stream.arn, extra="batch_size: 4")
         async with running(settings) as supervisor:
             await wait_until(lambda: len(read_jsonl(out)) >= 12, what="all records")
             assert supervisor.progress["p"].handler_failures == 2
         assert seqs(out) == shard_seqs(stream, shard)
 
     async def test_timeout_fails_the_batch(
-        self, tmp_path: Path, server: StreamsServer, sqlite_url: str
+        self, tmp_path: Path, server: StreamsServer, configure: Configure
     ) -> None:
         stream = server.create_stream("Orders")
         [shard] = stream.shard_ids
@@ -409,12 +373,7 @@ class TestHandlerFailures:
             """,
         )
         out = tmp_path / "slow.jsonl"
-        settings = settings_for(
-            tmp_path,
-            endpoint_url=server.endpoint_url,
-            store_url=sqlite_url,
-            processors=processor_yaml("slow_once:handler", stream.arn, extra="timeout_seconds: 1"),
-        )
+        settings = configure("slow_once:handler", stream.arn, extra="timeout_seconds: 1")
         async with running(settings) as supervisor:
             await wait_until(lambda: len(read_jsonl(out)) >= 2, what="retried batch")
             assert supervisor.progress["p"].handler_failures == 1
@@ -425,7 +384,7 @@ class TestFilterCriteria:
     """Records matching no filter are consumed: counted, checkpointed, never invoked."""
 
     async def test_only_matching_records_reach_the_handler(
-        self, tmp_path: Path, server: StreamsServer, sqlite_url: str
+        self, tmp_path: Path, server: StreamsServer, sqlite_url: str, configure: Configure
     ) -> None:
         stream = server.create_stream("Orders")
         [shard] = stream.shard_ids
@@ -445,12 +404,7 @@ class TestFilterCriteria:
             """          - pattern: '{"eventName": ["INSERT"]}'\n"""
             f"          - pattern: '{shipped}'\n"
         )
-        settings = settings_for(
-            tmp_path,
-            endpoint_url=server.endpoint_url,
-            store_url=sqlite_url,
-            processors=processor_yaml(handler, stream.arn, extra=filters),
-        )
+        settings = configure(handler, stream.arn, extra=filters)
         stream.put(shard, "REMOVE", keys={"Id": {"S": "tail"}}, old_image={"Id": {"S": "tail"}})
         async with running(settings) as supervisor:
             await wait_until(
@@ -472,7 +426,7 @@ class TestParallelization:
     """parallelization_factor: several lanes per shard, order kept per item key."""
 
     async def test_order_per_key_and_everything_once(
-        self, tmp_path: Path, server: StreamsServer, sqlite_url: str
+        self, tmp_path: Path, server: StreamsServer, sqlite_url: str, configure: Configure
     ) -> None:
         stream = server.create_stream("Orders")
         [shard] = stream.shard_ids
@@ -485,13 +439,8 @@ class TestParallelization:
                     new_image={"Id": {"S": f"item-{item}"}, "v": {"N": str(round_)}},
                 )
         handler, out = recording_handler(tmp_path)
-        settings = settings_for(
-            tmp_path,
-            endpoint_url=server.endpoint_url,
-            store_url=sqlite_url,
-            processors=processor_yaml(
-                handler, stream.arn, extra="parallelization_factor: 4\n      batch_size: 5"
-            ),
+        settings = configure(
+            handler, stream.arn, extra="parallelization_factor: 4\n      batch_size: 5"
         )
         async with running(settings):
             await wait_until(lambda: len(read_jsonl(out)) >= 120, what="120 records")
@@ -507,7 +456,7 @@ class TestParallelization:
         assert checkpoint.sequence_number == str(shard_seqs(stream, shard)[-1])
 
     async def test_a_failing_lane_holds_the_checkpoint(
-        self, tmp_path: Path, server: StreamsServer, sqlite_url: str
+        self, tmp_path: Path, server: StreamsServer, sqlite_url: str, configure: Configure
     ) -> None:
         stream = server.create_stream("Orders")
         [shard] = stream.shard_ids
@@ -534,15 +483,10 @@ class TestParallelization:
             """,
         )
         out = tmp_path / "lanes.jsonl"
-        settings = settings_for(
-            tmp_path,
-            endpoint_url=server.endpoint_url,
-            store_url=sqlite_url,
-            processors=processor_yaml(
-                "lane_poison:handler",
-                stream.arn,
-                extra="parallelization_factor: 3\n      batch_size: 1",
-            ),
+        settings = configure(
+            "lane_poison:handler",
+            stream.arn,
+            extra="parallelization_factor: 3\n      batch_size: 1",
         )
         async with running(settings):
             # Every item outside the poison record's lane gets through ...
@@ -562,18 +506,13 @@ class TestReadAhead:
         "code", ["ExpiredIteratorException", "LimitExceededException", "InternalServerError"]
     )
     async def test_backlog_with_faults_exactly_once(
-        self, tmp_path: Path, server: StreamsServer, sqlite_url: str, code: str
+        self, tmp_path: Path, server: StreamsServer, configure: Configure, code: str
     ) -> None:
         stream = server.create_stream("Orders")
         [shard] = stream.shard_ids
         stream.put_many(shard, 4500)
         handler, out = recording_handler(tmp_path)
-        settings = settings_for(
-            tmp_path,
-            endpoint_url=server.endpoint_url,
-            store_url=sqlite_url,
-            processors=processor_yaml(handler, stream.arn, extra="batch_size: 700"),
-        )
+        settings = configure(handler, stream.arn, extra="batch_size: 700")
         server.fail("GetRecords", code, times=None)
         async with running(settings):
             await wait_until(lambda: server.calls["GetRecords"] >= 3, what="faults hit")

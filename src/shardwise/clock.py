@@ -1,4 +1,4 @@
-"""Time: interruptible sleeps and jittered exponential backoff, on ``time.monotonic()``."""
+"""Time: interruptible sleeps, jittered backoff and retry loops, on ``time.monotonic()``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 import random
 from dataclasses import dataclass
 
-__all__ = ["Backoff", "relay_first", "sleep_or_stop", "wait_first"]
+__all__ = ["Backoff", "Retries", "relay_first", "retries", "sleep_or_stop", "wait_first"]
 
 
 async def sleep_or_stop(stop: asyncio.Event, delay_s: float) -> bool:
@@ -60,3 +60,42 @@ class Backoff:
 HANDLER_BACKOFF = Backoff(base_s=0.5, cap_s=30.0)
 # Throttling, 5xx and transport errors of the stream API.
 API_BACKOFF = Backoff(base_s=0.2, cap_s=10.0)
+
+
+class Retries:
+    """The attempts of a call retried until it succeeds or the worker stops, for ``async for``.
+
+    Yields the attempt number (1, 2, ...). The first attempt starts at once, even when
+    ``stop`` is already set; before each later one the loop sleeps ``backoff.delay(n)``
+    after attempt ``n``, and ends instead (no further attempt) if ``stop`` is set first.
+    The caller leaves the loop (``return``/``break``) on success, so falling out of it
+    means "stopped"::
+
+        async for _ in retries(stop, API_BACKOFF):
+            try:
+                return await call()
+            except SomeError as exc:
+                log.warning("call failed; retrying", error=str(exc))
+        return None  # stopping
+    """
+
+    __slots__ = ("_attempt", "_backoff", "_stop")
+
+    def __init__(self, stop: asyncio.Event, backoff: Backoff) -> None:
+        self._stop = stop
+        self._backoff = backoff
+        self._attempt = 0
+
+    def __aiter__(self) -> Retries:
+        return self
+
+    async def __anext__(self) -> int:
+        if self._attempt and await sleep_or_stop(self._stop, self._backoff.delay(self._attempt)):
+            raise StopAsyncIteration
+        self._attempt += 1
+        return self._attempt
+
+
+def retries(stop: asyncio.Event, backoff: Backoff) -> Retries:
+    """``async for attempt in retries(stop, backoff)``: see ``Retries``."""
+    return Retries(stop, backoff)

@@ -18,18 +18,18 @@ from collections.abc import Sequence
 
 import structlog
 
-from shardwise.clock import API_BACKOFF, relay_first, sleep_or_stop, wait_first
+from shardwise.clock import API_BACKOFF, relay_first, retries, sleep_or_stop, wait_first
 from shardwise.config import ProcessorConfig
 from shardwise.destinations import Destination
 from shardwise.dispatch.consumer import ConsumerSettings, ShardConsumer, ShardOutcome
 from shardwise.dispatch.delivery import FailurePolicy
 from shardwise.dispatch.filters import RecordFilter, compile_filters
+from shardwise.dispatch.protocols import ShardSource
 from shardwise.errors import LeaseLostError, SourceError, StoreError, StreamNotFoundError
 from shardwise.leases import Lease, LeaseCoordinator, collected_ancestors
 from shardwise.observe.progress import ProcessorProgress
 from shardwise.processors import Processor
 from shardwise.records import Shard, ShardId, ShardListing, StartingPosition
-from shardwise.sources.base import ShardSource
 from shardwise.store import CheckpointStore, ShardRegistration
 
 __all__ = ["ProcessorRunner", "plan_registrations"]
@@ -218,17 +218,14 @@ class ProcessorRunner:
 
     async def _describe(self) -> ShardListing | None:
         """List the stream, retrying API errors; None when stopping meanwhile."""
-        attempt = 0
-        while True:
-            attempt += 1
+        async for _ in retries(self._stop, API_BACKOFF):
             try:
                 return await self._source.describe()
             except StreamNotFoundError:
                 raise
             except SourceError as exc:
                 log.warning("listing shards failed; backing off", code=exc.code, error=str(exc))
-                if await sleep_or_stop(self._stop, API_BACKOFF.delay(attempt)):
-                    return None
+        return None
 
     async def _register(self, listing: ShardListing) -> int:
         """Register shards not in the table yet; how many were new."""

@@ -27,13 +27,13 @@ from shardwise.aws import AWS_MAX_CONNECTIONS, aws_client_config, aws_session, e
 from shardwise.clock import relay_first
 from shardwise.config import AwsConfig, ProcessorConfig, Settings, load_config
 from shardwise.destinations import open_destination
+from shardwise.dispatch.protocols import ShardSource
 from shardwise.errors import ConfigError, HandlerImportError, ShardwiseError, first_error
 from shardwise.gc_policy import GcPolicy
 from shardwise.leases import LeaseCoordinator
 from shardwise.observe.progress import ProcessorProgress
 from shardwise.processors import build_processor, import_handler, search_paths
 from shardwise.runner import ProcessorRunner
-from shardwise.sources.base import ShardSource
 from shardwise.sources.dynamodb import DynamoDBStreamsSource, resolve_stream_arn
 from shardwise.sources.dynamodb_raw import (
     RawDynamoDBStreamsSource,
@@ -93,8 +93,9 @@ class Supervisor:
     """Runs every enabled processor of a ``Settings`` until stopped.
 
     SIGHUP (or ``request_reload()``) reads ``config_path`` again and applies its processors:
-    removed and changed ones drain and stop, added and changed ones start; the others keep
-    running untouched. Changes outside ``processors`` need a restart and are only logged.
+    removed and changed ones drain and stop, added and changed ones start (a changed one only
+    once its old runner has ended); the others keep running untouched. Changes outside
+    ``processors`` need a restart and are only logged.
     """
 
     def __init__(
@@ -227,7 +228,12 @@ class Supervisor:
         return {p.name: import_handler(p.handler, paths) for p in configs}
 
     async def _retire(self, name: str) -> None:
-        """Drain one processor (bounded by the shutdown timeout) and forget it."""
+        """Drain one processor (bounded by the shutdown timeout) and forget it.
+
+        Returns only once its runner has ended - drained, or cancelled at the deadline and
+        done cleaning up (leases released, handler torn down) - so that a replacement for
+        the same processor never starts beside it.
+        """
         running = self._running.pop(name, None)
         if running is None:
             return
@@ -237,6 +243,8 @@ class Supervisor:
         )
         for task in pending:
             task.cancel()
+        if pending:
+            await asyncio.wait(pending)
         self.progress.pop(name, None)
         log.info("processor retired", processor=name)
 

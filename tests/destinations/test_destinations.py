@@ -6,7 +6,6 @@ import asyncio
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -334,12 +333,6 @@ class LosesFirstAcknowledgement(FailureStore):
             self.lost = True
             raise StoreError("connection closed before the commit was acknowledged")
         return added
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[CheckpointStore]:
-    async with await CheckpointStore.connect(store_url) as opened:
-        yield opened
 
 
 class TestSql:

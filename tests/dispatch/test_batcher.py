@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shardwise.dispatch.batcher import Batcher
-from shardwise.dispatch.consumer import (
+from shardwise.dispatch.cadence import (
     IDLE_POLL_GRID_S,
     IDLE_POLLS_AT_FULL_SPEED,
     idle_poll_interval,

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from shardwise.dispatch.consumer import ConsumerSettings, ShardConsumer, ShardOutcome
-from shardwise.errors import LeaseLostError
+from shardwise.errors import ExpiredIteratorError, LeaseLostError
 from shardwise.observe.progress import ProcessorProgress
 from shardwise.records import (
     Batch,
@@ -53,14 +53,8 @@ class PagedSource:
         return RecordPage(records=self.pages[n], next_iterator=None if last else str(n + 1))
 
 
-@dataclass
-class Handler:
-    """Records each invocation together with the checkpoints durable at that moment."""
-
-    store: GatedCheckpointer
-    name: str = "p"
-    function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:p"
-    seen: list[tuple[int, list[str]]] = field(default_factory=list)
+class _Lifecycle:
+    """The parts of the Processor protocol these tests' processors do nothing with."""
 
     async def start(self) -> None:
         return None
@@ -70,6 +64,16 @@ class Handler:
 
     async def invoke_event(self, event: dict[str, Any], shard_id: str) -> Any:
         raise NotImplementedError
+
+
+@dataclass
+class Handler(_Lifecycle):
+    """Records each invocation together with the checkpoints durable at that moment."""
+
+    store: GatedCheckpointer
+    name: str = "p"
+    function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:p"
+    seen: list[tuple[int, list[str]]] = field(default_factory=list)
 
     async def invoke(self, batch: Batch) -> Any:
         last = int(batch.last_sequence_number)
@@ -174,3 +178,110 @@ async def test_a_lease_lost_during_the_write_ends_the_shard() -> None:
         await run
     assert [last for last, _ in handler.seen] == [2]  # nothing after the refused write
     assert store.durable == []
+
+
+PAGE = 1000  # a full GetRecords page: the consumer reads the next one ahead
+
+
+@dataclass
+class BacklogSource:
+    """A closed shard of full pages; page ``n`` holds sequence numbers ``n*PAGE+1`` on.
+    ``reads`` lists the page each GetRecords call asked for; ``fail`` maps a page to the
+    error its first read raises."""
+
+    pages: int
+    fail: dict[int, Exception] = field(default_factory=dict)
+    reads: list[int] = field(default_factory=list)
+    stream_arn: str = ARN
+
+    async def describe(self) -> ShardListing:
+        raise NotImplementedError
+
+    async def get_iterator(self, shard_id: ShardId, position: Position) -> str:
+        return str(int(position.after) // PAGE if position.after else 0)
+
+    async def get_records(self, shard_id: ShardId, iterator: str, limit: int) -> RecordPage:
+        n = int(iterator)
+        self.reads.append(n)
+        await asyncio.sleep(0.01)
+        if n in self.fail:
+            raise self.fail.pop(n)
+        last = n + 1 == self.pages
+        return RecordPage(records(n * PAGE + 1, PAGE), next_iterator=None if last else str(n + 1))
+
+
+@dataclass
+class BacklogHandler(_Lifecycle):
+    """Notes, for each batch, its last sequence number and the pages read by then."""
+
+    source: BacklogSource
+    name: str = "p"
+    function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:p"
+    seen: list[tuple[int, list[int]]] = field(default_factory=list)
+
+    async def invoke(self, batch: Batch) -> Any:
+        await asyncio.sleep(0.05)  # the read-ahead, if any, has started by now
+        self.seen.append((int(batch.last_sequence_number), list(self.source.reads)))
+
+
+@dataclass
+class MemoryCheckpointer:
+    saved: list[str] = field(default_factory=list)
+
+    async def save(self, shard_id: ShardId, sequence_number: SequenceNumber) -> None:
+        self.saved.append(sequence_number)
+
+    async def save_window(
+        self, shard_id: ShardId, sequence_number: SequenceNumber | None, window_state: str | None
+    ) -> None:
+        raise NotImplementedError
+
+    async def window_state(self) -> str | None:
+        return None
+
+    async def finish(self, shard_id: ShardId, sequence_number: SequenceNumber | None) -> None:
+        self.saved.append(f"finished after {sequence_number}")
+
+
+def backlog_consumer(source: BacklogSource) -> tuple[ShardConsumer, BacklogHandler, list[str]]:
+    handler = BacklogHandler(source)
+    store = MemoryCheckpointer()
+    shard_consumer = ShardConsumer(
+        source=source,
+        shard_id=SHARD,
+        start=Position(),
+        processor=handler,
+        checkpointer=store,
+        settings=ConsumerSettings(batch_size=PAGE, window_s=0.0),
+        stop=asyncio.Event(),
+        progress=ProcessorProgress("p"),
+    )
+    return shard_consumer, handler, store.saved
+
+
+class TestReadAhead:
+    """With a backlog, page N+1 is read while page N is delivered; its errors are the read's."""
+
+    async def test_the_next_page_is_read_during_delivery(self) -> None:
+        source = BacklogSource(pages=3)
+        shard_consumer, handler, saved = backlog_consumer(source)
+        assert await shard_consumer.run() == ShardOutcome.FINISHED
+        # Page 0 is delivered while page 1 is read, page 1 while page 2 is.
+        assert handler.seen == [(1000, [0, 1]), (2000, [0, 1, 2]), (3000, [0, 1, 2])]
+        assert saved == ["1000", "2000", "3000", "finished after 3000"]
+
+    async def test_a_read_ahead_error_is_handled_as_the_reads_own(self) -> None:
+        source = BacklogSource(pages=3, fail={1: ExpiredIteratorError("expired")})
+        shard_consumer, handler, saved = backlog_consumer(source)
+        assert await shard_consumer.run() == ShardOutcome.FINISHED
+        assert source.reads == [0, 1, 1, 2]  # reopened after the last record read
+        assert [last for last, _ in handler.seen] == [1000, 2000, 3000]
+        assert saved == ["1000", "2000", "3000", "finished after 3000"]
+
+    async def test_an_unexpected_read_ahead_error_leaves_as_itself(self) -> None:
+        source = BacklogSource(pages=3, fail={1: RuntimeError("bug")})
+        shard_consumer, handler, saved = backlog_consumer(source)
+        with pytest.raises(RuntimeError, match="bug"):
+            await shard_consumer.run()
+        assert [last for last, _ in handler.seen] == [1000]
+        assert saved == ["1000"]

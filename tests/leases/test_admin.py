@@ -13,59 +13,49 @@ import asyncio
 import functools
 import io
 import textwrap
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from shardwise.cli.leases import add_leases_commands, ask
 from shardwise.errors import LeaseLostError
 from shardwise.leases import Lease, LeaseCoordinator, LossReason
 from shardwise.leases.admin import LeaseAdmin, Released, ShardLease
-from shardwise.leases.cli import add_leases_commands, ask
 from shardwise.records import Position, SequenceNumber, ShardId, StartingPosition
 from shardwise.store import CheckpointStore, ShardRegistration
+from tests.leases.conftest import ARN, PROCESSOR, Tables, Workers
 
-ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/orders/stream/2024-01-01T00:00:00.000"
-PROCESSOR = "orders"
 S0, S1, S2 = ShardId("shard-0"), ShardId("shard-1"), ShardId("shard-2")
 
-Workers = Callable[[str], Awaitable[LeaseCoordinator]]
+
+@pytest.fixture(autouse=True)
+async def shards(store: CheckpointStore) -> None:
+    """Three shards, registered and free."""
+    await store.register_shards(
+        PROCESSOR,
+        ARN,
+        [ShardRegistration(s, None, StartingPosition.TRIM_HORIZON) for s in (S0, S1, S2)],
+    )
 
 
 @pytest.fixture
-async def store(store_url: str) -> AsyncIterator[CheckpointStore]:
-    async with await CheckpointStore.connect(store_url) as opened:
-        await opened.register_shards(
-            PROCESSOR,
-            ARN,
-            [ShardRegistration(s, None, StartingPosition.TRIM_HORIZON) for s in (S0, S1, S2)],
-        )
-        yield opened
-
-
-@pytest.fixture
-async def workers(store_url: str, store: CheckpointStore) -> AsyncIterator[Workers]:
-    """Coordinators acting as separate workers, each with a store (and pool) of its own and
-    a clock that stands still."""
-    opened: list[tuple[CheckpointStore, LeaseCoordinator]] = []
-
-    async def make(worker_id: str) -> LeaseCoordinator:
-        own = await CheckpointStore.connect(store_url, migrate=False)
-        coordinator = LeaseCoordinator(
-            own, processor=PROCESSOR, stream_arn=ARN, worker_id=worker_id, clock=lambda: 1_000.0
-        )
-        opened.append((own, coordinator))
-        return coordinator
-
-    yield make
-    for own, coordinator in opened:
-        await coordinator.release_all()
-        await own.close()
+def worker_clock() -> Callable[[], float]:
+    """Workers' clocks stand still here."""
+    return lambda: 1_000.0
 
 
 async def row(store: CheckpointStore, shard_id: ShardId) -> ShardLease:
     rows = (await LeaseAdmin(store.engine).read(PROCESSOR)).shards
     return next(lease for lease in rows if lease.checkpoint.shard_id == shard_id)
+
+
+async def finished(tables: Tables, shard_id: ShardId, sequence_number: str) -> None:
+    """Leave the shard as a worker does that read it to its end: finished, its lease free."""
+    table = await tables("reader")
+    taken = await table.take(shard_id, 0)
+    assert taken is not None
+    await table.finish(shard_id, taken.counter, SequenceNumber(sequence_number))
 
 
 async def holding(workers: Workers, worker_id: str, count: int) -> LeaseCoordinator:
@@ -153,8 +143,8 @@ class TestReset:
         after = await row(store, S1)
         assert (after.checkpoint.sequence_number, after.owner) == ("7", "a")
 
-    async def test_reopens_a_finished_shard(self, store: CheckpointStore) -> None:
-        await store.finish(PROCESSOR, ARN, S2, SequenceNumber("900"))
+    async def test_reopens_a_finished_shard(self, store: CheckpointStore, tables: Tables) -> None:
+        await finished(tables, S2, "900")
         seen = await row(store, S2)
         to = Position(None, StartingPosition.LATEST)
         assert await LeaseAdmin(store.engine).reset(seen, to) is not None
@@ -319,9 +309,15 @@ class TestResetCommand:
         ],
     )
     async def test_start_positions_with_yes(
-        self, flag: str, start: StartingPosition, consequence: str, cli: Cli, store: CheckpointStore
+        self,
+        flag: str,
+        start: StartingPosition,
+        consequence: str,
+        cli: Cli,
+        store: CheckpointStore,
+        tables: Tables,
     ) -> None:
-        await store.finish(PROCESSOR, ARN, S2, SequenceNumber("900"))
+        await finished(tables, S2, "900")
         assert await cli("reset", "--processor", PROCESSOR, "--shard", S2, flag, "--yes") == 0
         assert f"  checkpoint  900 -> ({start.value})" in cli.out
         assert "  finished    yes -> no" in cli.out

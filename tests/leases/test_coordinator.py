@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
 
 import pytest
 from sqlalchemy import text
@@ -20,10 +19,7 @@ from shardwise.leases import Lease, LeaseCoordinator, LossReason
 from shardwise.records import SequenceNumber, ShardId, StartingPosition
 from shardwise.store import CheckpointStore, ShardRegistration
 from shardwise.store.engine import writer
-
-ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/orders/stream/2024-01-01T00:00:00.000"
-PROCESSOR = "orders"
-DURATION = 10.0
+from tests.leases.conftest import ARN, DURATION, PROCESSOR, Workers
 
 
 class FakeClock:
@@ -37,17 +33,6 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-class Workers(Protocol):
-    async def __call__(
-        self,
-        worker_id: str,
-        *,
-        lease_duration_s: float = DURATION,
-        max_leases: int | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> LeaseCoordinator: ...
 
 
 def sid(n: int) -> ShardId:
@@ -66,43 +51,6 @@ async def register(store: CheckpointStore, count: int, *, parents: bool = False)
             for n in range(count)
         ],
     )
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[CheckpointStore]:
-    async with await CheckpointStore.connect(store_url) as opened:
-        yield opened
-
-
-@pytest.fixture
-async def workers(store_url: str, store: CheckpointStore) -> AsyncIterator[Workers]:
-    """Coordinators acting as separate workers, each with a store (and pool) of its own."""
-    opened: list[tuple[CheckpointStore, LeaseCoordinator]] = []
-
-    async def make(
-        worker_id: str,
-        *,
-        lease_duration_s: float = DURATION,
-        max_leases: int | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> LeaseCoordinator:
-        own = await CheckpointStore.connect(store_url, migrate=False)
-        coordinator = LeaseCoordinator(
-            own,
-            processor=PROCESSOR,
-            stream_arn=ARN,
-            worker_id=worker_id,
-            lease_duration_s=lease_duration_s,
-            max_leases=max_leases,
-            clock=clock,
-        )
-        opened.append((own, coordinator))
-        return coordinator
-
-    yield make
-    for own, coordinator in opened:
-        await coordinator.release_all()
-        await own.close()
 
 
 async def settle(coordinators: Sequence[LeaseCoordinator], rounds: int = 1) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -12,42 +11,23 @@ from shardwise.leases.table import LeaseTable
 from shardwise.records import Position, SequenceNumber, ShardId, StartingPosition
 from shardwise.store import CheckpointStore, ShardRegistration
 from shardwise.store.engine import open_engine
+from tests.leases.conftest import ARN, PROCESSOR, Tables
 
-ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/orders/stream/2024-01-01T00:00:00.000"
-PROCESSOR = "orders"
 S1, S2, S3 = ShardId("shard-1"), ShardId("shard-2"), ShardId("shard-3")
 
-Tables = Callable[[str], Awaitable[LeaseTable]]
 
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[CheckpointStore]:
-    async with await CheckpointStore.connect(store_url) as opened:
-        await opened.register_shards(
-            PROCESSOR,
-            ARN,
-            [
-                ShardRegistration(S1, None, StartingPosition.TRIM_HORIZON),
-                ShardRegistration(S2, S1, StartingPosition.TRIM_HORIZON),
-                ShardRegistration(S3, None, StartingPosition.LATEST, finished=True),
-            ],
-        )
-        yield opened
-
-
-@pytest.fixture
-async def table(store_url: str, store: CheckpointStore) -> AsyncIterator[Tables]:
-    """A worker's view of the lease table, each on a store (and pool) of its own."""
-    opened: list[CheckpointStore] = []
-
-    async def make(worker_id: str) -> LeaseTable:
-        own = await CheckpointStore.connect(store_url, migrate=False)
-        opened.append(own)
-        return LeaseTable(own, processor=PROCESSOR, stream_arn=ARN, worker_id=worker_id)
-
-    yield make
-    for own in opened:
-        await own.close()
+@pytest.fixture(autouse=True)
+async def shards(store: CheckpointStore) -> None:
+    """Shard 2 is shard 1's child; shard 3 is finished already."""
+    await store.register_shards(
+        PROCESSOR,
+        ARN,
+        [
+            ShardRegistration(S1, None, StartingPosition.TRIM_HORIZON),
+            ShardRegistration(S2, S1, StartingPosition.TRIM_HORIZON),
+            ShardRegistration(S3, None, StartingPosition.LATEST, finished=True),
+        ],
+    )
 
 
 async def lease_of(table: LeaseTable, shard_id: ShardId) -> tuple[str | None, int, str | None]:
@@ -58,48 +38,48 @@ async def lease_of(table: LeaseTable, shard_id: ShardId) -> tuple[str | None, in
 class TestTake:
     """Taking is a CAS on the counter: of two racing takers exactly one wins."""
 
-    async def test_take_a_free_lease(self, table: Tables) -> None:
-        a = await table("a")
+    async def test_take_a_free_lease(self, tables: Tables) -> None:
+        a = await tables("a")
         taken = await a.take(S1, 0)
         assert taken is not None
         assert taken.counter == 1
         assert taken.position == Position(start=StartingPosition.TRIM_HORIZON)
         assert await lease_of(a, S1) == ("a", 1, None)
 
-    async def test_take_returns_the_checkpoint(self, table: Tables) -> None:
-        a = await table("a")
+    async def test_take_returns_the_checkpoint(self, tables: Tables) -> None:
+        a = await tables("a")
         taken = await a.take(S1, 0)
         assert taken is not None
         await a.save(S1, taken.counter, SequenceNumber("100"))
         await a.release({S1: taken.counter}, None)
-        b = await table("b")
+        b = await tables("b")
         again = await b.take(S1, 2)
         assert again is not None
         assert again.position == Position.after_sequence("100")
 
-    async def test_two_takers_race_one_wins(self, table: Tables) -> None:
-        workers = [await table(name) for name in "abcd"]
+    async def test_two_takers_race_one_wins(self, tables: Tables) -> None:
+        workers = [await tables(name) for name in "abcd"]
         results = await asyncio.gather(*(worker.take(S1, 0) for worker in workers))
         winners = [w.worker_id for w, r in zip(workers, results, strict=True) if r is not None]
         assert len(winners) == 1
         assert await lease_of(workers[0], S1) == (winners[0], 1, None)
 
-    async def test_stale_counter_takes_nothing(self, table: Tables) -> None:
-        a, b = await table("a"), await table("b")
+    async def test_stale_counter_takes_nothing(self, tables: Tables) -> None:
+        a, b = await tables("a"), await tables("b")
         assert await a.take(S1, 0) is not None
         assert await b.take(S1, 0) is None
         assert await lease_of(a, S1) == ("a", 1, None)
 
-    async def test_finished_shards_are_not_taken(self, table: Tables) -> None:
-        a = await table("a")
+    async def test_finished_shards_are_not_taken(self, tables: Tables) -> None:
+        a = await tables("a")
         assert await a.take(S3, 0) is None
 
 
 class TestRenew:
     """Renewing increments the counter of every lease still held, in one transaction."""
 
-    async def test_renew_increments_and_beats(self, table: Tables) -> None:
-        a = await table("a")
+    async def test_renew_increments_and_beats(self, tables: Tables) -> None:
+        a = await tables("a")
         assert await a.take(S1, 0) is not None
         renewal = await a.renew({S1: 1}, None)
         assert renewal.leases == {S1: (2, None)}
@@ -107,19 +87,19 @@ class TestRenew:
         await a.renew({S1: 2}, None)
         assert (await a.snapshot()).workers == {"a": 2}
 
-    async def test_renew_at_a_stale_counter_is_a_loss(self, table: Tables) -> None:
-        a, b = await table("a"), await table("b")
+    async def test_renew_at_a_stale_counter_is_a_loss(self, tables: Tables) -> None:
+        a, b = await tables("a"), await tables("b")
         assert await a.take(S1, 0) is not None
         assert await b.take(S1, 1) is not None
         renewal = await a.renew({S1: 1}, None)
         assert renewal.leases == {S1: None}
         assert await lease_of(a, S1) == ("b", 2, None)
 
-    async def test_handoff_request_reaches_the_owner(self, table: Tables) -> None:
-        a, b = await table("a"), await table("b")
+    async def test_handoff_request_reaches_the_owner(self, tables: Tables) -> None:
+        a, b = await tables("a"), await tables("b")
         assert await a.take(S1, 0) is not None
         assert await b.ask_handoff(S1, "a", 1)
-        assert not await (await table("c")).ask_handoff(S1, "a", 1)
+        assert not await (await tables("c")).ask_handoff(S1, "a", 1)
         assert (await a.renew({S1: 1}, None)).leases == {S1: (2, "b")}
         await a.release({S1: 2}, None)
         assert await lease_of(a, S1) == (None, 3, "b")  # reserved for b
@@ -130,14 +110,14 @@ class TestRenew:
 class TestFencedWrites:
     """Checkpoints move only for the owner at its counter."""
 
-    async def test_owner_checkpoints(self, table: Tables, store: CheckpointStore) -> None:
-        a = await table("a")
+    async def test_owner_checkpoints(self, tables: Tables, store: CheckpointStore) -> None:
+        a = await tables("a")
         assert await a.take(S1, 0) is not None
         await a.save(S1, 1, SequenceNumber("42"))
         assert (await store.load(PROCESSOR, ARN))[S1].sequence_number == "42"
 
-    async def test_stale_owner_is_refused(self, table: Tables, store: CheckpointStore) -> None:
-        a, b = await table("a"), await table("b")
+    async def test_stale_owner_is_refused(self, tables: Tables, store: CheckpointStore) -> None:
+        a, b = await tables("a"), await tables("b")
         assert await a.take(S1, 0) is not None
         await a.save(S1, 1, SequenceNumber("42"))
         assert await b.take(S1, 1) is not None
@@ -150,8 +130,8 @@ class TestFencedWrites:
         checkpoint = (await store.load(PROCESSOR, ARN))[S1]
         assert (checkpoint.sequence_number, checkpoint.finished) == ("42", False)
 
-    async def test_finish_frees_the_lease(self, table: Tables, store: CheckpointStore) -> None:
-        a = await table("a")
+    async def test_finish_frees_the_lease(self, tables: Tables, store: CheckpointStore) -> None:
+        a = await tables("a")
         assert await a.take(S1, 0) is not None
         await a.finish(S1, 1, SequenceNumber("99"))
         checkpoint = (await store.load(PROCESSOR, ARN))[S1]
@@ -162,8 +142,8 @@ class TestFencedWrites:
 class TestRelease:
     """Release frees leases at once; a stale release changes nothing."""
 
-    async def test_release_and_leave(self, table: Tables) -> None:
-        a = await table("a")
+    async def test_release_and_leave(self, tables: Tables) -> None:
+        a = await tables("a")
         assert await a.take(S1, 0) is not None
         assert await a.take(S2, 0) is not None
         leader = await a.take_leader(None)
@@ -179,8 +159,8 @@ class TestRelease:
         assert snapshot.workers == {}
         assert snapshot.leader == (None, 3)
 
-    async def test_stale_release_changes_nothing(self, table: Tables) -> None:
-        a, b = await table("a"), await table("b")
+    async def test_stale_release_changes_nothing(self, tables: Tables) -> None:
+        a, b = await tables("a"), await tables("b")
         assert await a.take(S1, 0) is not None
         assert await b.take(S1, 1) is not None
         await a.release({S1: 1}, None)
@@ -190,15 +170,15 @@ class TestRelease:
 class TestLeader:
     """The sync leader lease: created by the first worker, then CAS like any lease."""
 
-    async def test_first_workers_race_one_leads(self, table: Tables) -> None:
-        workers = [await table(name) for name in "abc"]
+    async def test_first_workers_race_one_leads(self, tables: Tables) -> None:
+        workers = [await tables(name) for name in "abc"]
         counters = await asyncio.gather(*(worker.take_leader(None) for worker in workers))
         assert sorted(counters, key=lambda c: c is None) == [1, None, None]
         leader = workers[counters.index(1)].worker_id
         assert (await workers[0].snapshot()).leader == (leader, 1)
 
-    async def test_leader_renews_and_is_taken_over(self, table: Tables) -> None:
-        a, b = await table("a"), await table("b")
+    async def test_leader_renews_and_is_taken_over(self, tables: Tables) -> None:
+        a, b = await tables("a"), await tables("b")
         assert await a.take_leader(None) == 1
         assert (await a.renew({}, 1)).leader == 2
         assert await b.take_leader(1) is None
@@ -209,15 +189,15 @@ class TestLeader:
 class TestCollection:
     """Finished rows and dead workers are deleted only if unchanged."""
 
-    async def test_collect_finished_row(self, table: Tables, store: CheckpointStore) -> None:
-        a = await table("a")
+    async def test_collect_finished_row(self, tables: Tables, store: CheckpointStore) -> None:
+        a = await tables("a")
         assert not await a.collect(S1, 0)  # not finished
         assert not await a.collect(S3, 5)  # changed since
         assert await a.collect(S3, 0)
         assert set(await store.load(PROCESSOR, ARN)) == {S1, S2}
 
-    async def test_forget_worker(self, table: Tables) -> None:
-        a, b = await table("a"), await table("b")
+    async def test_forget_worker(self, tables: Tables) -> None:
+        a, b = await tables("a"), await tables("b")
         await b.renew({}, None)
         await b.renew({}, None)
         assert not await a.forget_worker("b", 1)
@@ -249,15 +229,15 @@ class TestSameWorkerIdAgain:
     the old counters, changes nothing."""
 
     async def test_the_dead_process_counters_are_refused(
-        self, table: Tables, store: CheckpointStore
+        self, tables: Tables, store: CheckpointStore
     ) -> None:
-        dead = await table("box-p1")
+        dead = await tables("box-p1")
         taken = await dead.take(S1, 0)
         assert taken is not None
         await dead.save(S1, taken.counter, SequenceNumber("10"))
         old = taken.counter
         # The process is killed; the slot starts a new one with the same worker id.
-        restarted = await table("box-p1")
+        restarted = await tables("box-p1")
         assert await lease_of(restarted, S1) == ("box-p1", old, None)
         again = await restarted.take(S1, old)
         assert again is not None

@@ -1,1 +1,1 @@
-"""Tests of shardwise.observe: metrics, health, status and IAM."""
+"""Tests of shardwise.observe: metrics, health, progress and logging."""

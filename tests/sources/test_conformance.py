@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from shardwise.aws import aws_client_config
 from shardwise.config import AwsConfig
+from shardwise.dispatch.protocols import ShardSource
 from shardwise.errors import (
     ExpiredIteratorError,
     ShardNotFoundError,
@@ -35,7 +36,6 @@ from shardwise.errors import (
     TrimmedDataError,
 )
 from shardwise.records import Position, RecordPage, SequenceNumber, ShardId, StartingPosition
-from shardwise.sources.base import ShardSource
 from shardwise.sources.dynamodb import DynamoDBStreamsSource
 from shardwise.sources.dynamodb_raw import open_raw_source
 from shardwise.testing import ScriptedStream, StreamsServer

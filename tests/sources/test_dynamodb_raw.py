@@ -22,16 +22,15 @@ from shardwise.config import AwsConfig
 from shardwise.errors import ConfigError, SourceError
 from shardwise.records import ShardId
 from shardwise.sources import dynamodb_raw, sigv4
+from shardwise.sources.credentials import ResolveCredentials
 from shardwise.sources.dynamodb_raw import (
-    AiohttpTransport,
     RawDynamoDBStreamsSource,
     RawStreamsClient,
-    ResolveCredentials,
-    Transport,
     open_raw_client,
     proxy_for,
 )
 from shardwise.sources.http import HttpPool
+from shardwise.sources.transport import AiohttpTransport, Transport
 from tests.sources.test_http import self_signed
 from tests.sources.test_http_hostile import answering, hostile, read_request
 
@@ -203,6 +202,34 @@ class TestSigning:
                 await source.get_records(ShardId("shardId-1"), "iterator", 10)
         assert caught.value.code == "NoCredentialsError"
         assert caught.value.retriable
+        assert not endpoint.requests
+
+
+class TestUnsendableHeaders:
+    """A header the transport refuses to write (a control character: CR, LF, NUL...)
+    fails the call with a ``SourceError`` naming the call and the header (never its
+    value, a secret), not a bare ``ValueError``; nothing is sent."""
+
+    @pytest.mark.parametrize("token", ["token\r\nX-Injected: 1", "token\x00"])
+    async def test_a_session_token_with_a_control_character(
+        self, serve: Callable[[Endpoint], Awaitable[str]], raw_client: RawClient, token: str
+    ) -> None:
+        endpoint = Endpoint()
+        url = await serve(endpoint)
+        credentials = AioCredentials("AKID", "secret", token)
+        async with raw_client(url, credentials) as client:
+            source = RawDynamoDBStreamsSource(client, ARN)
+            with pytest.raises(SourceError) as reading:
+                await source.get_records(ShardId("shardId-1"), "iterator", 10)
+            with pytest.raises(SourceError) as listing:
+                await source.describe()
+        assert reading.value.code == listing.value.code == "InvalidHeaderError"
+        assert str(reading.value).startswith(f"GetRecords on shard shardId-1 of {ARN}: ")
+        assert str(listing.value).startswith(f"DescribeStream on stream {ARN}: ")
+        for error in (reading.value, listing.value):
+            assert "'X-Amz-Security-Token'" in str(error)
+            assert "X-Injected" not in str(error)
+            assert isinstance(error.__cause__, ValueError)
         assert not endpoint.requests
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from shardwise.sources.http import HttpPool, Sign, TransportError
+from shardwise.sources.http import HttpPool, Sign
+from shardwise.sources.http_connection import TransportError
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 

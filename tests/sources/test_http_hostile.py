@@ -13,12 +13,13 @@ import socket
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import pytest
 
-from shardwise.sources.http import HttpPool, Response, TransportError
+from shardwise.sources.http import HttpPool
+from shardwise.sources.http_connection import Response, TransportError
 from tests.sources.test_http import OK, pool, signed
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -33,6 +34,10 @@ class Hostile:
         self.port = 0
         self.handlers: set[asyncio.Task[None]] = set()
         self.writers: list[asyncio.StreamWriter] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -64,6 +69,23 @@ async def hostile(script: Script) -> AsyncIterator[Hostile]:
             yield server
         finally:
             await server.stop()
+
+
+@asynccontextmanager
+async def pooled(script: Script, **options: object) -> AsyncIterator[tuple[Hostile, HttpPool]]:
+    """A server running ``script`` and a pool (``options`` as for ``pool``) sending to it;
+    the pool is closed before the server stops."""
+    async with hostile(script) as server:
+        http = pool(server.url, **options)
+        try:
+            yield server, http
+        finally:
+            await http.close()
+
+
+def patiently(script: Script) -> AbstractAsyncContextManager[tuple[Hostile, HttpPool]]:
+    """``pooled`` with a read timeout (5 s) far past the moment a limit must fail the call."""
+    return pooled(script, read_timeout_s=5.0)
 
 
 async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
@@ -122,11 +144,9 @@ class TestInterimReplies:
                 writer.write(numbered(count))
                 await writer.drain()
 
-        async with hostile(script) as server:
-            http = pool(f"http://127.0.0.1:{server.port}/")
+        async with pooled(script) as (server, http):
             first = await send(http)
             second = await send(http)
-            await http.close()
         assert (first.status, first.body) == (200, b'{"n":1}')
         assert (second.status, second.body) == (200, b'{"n":2}')
         assert server.connections == 1
@@ -134,10 +154,8 @@ class TestInterimReplies:
     async def test_interim_and_final_in_one_write(self) -> None:
         """103 Early Hints and the reply in one segment: the reply's headers are its own."""
         early = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
-        async with hostile(answering(early + OK)) as server:
-            http = pool(f"http://127.0.0.1:{server.port}/")
+        async with pooled(answering(early + OK)) as (server, http):
             responses = [await send(http), await send(http)]
-            await http.close()
         for response in responses:
             assert (response.status, response.body) == (200, b"{}")
             assert response.headers == {"content-type": "application/json", "content-length": "2"}
@@ -145,22 +163,18 @@ class TestInterimReplies:
 
     async def test_switching_protocols_is_refused(self) -> None:
         upgrade = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n"
-        async with hostile(answering(upgrade, OK)) as server:
-            http = pool(f"http://127.0.0.1:{server.port}/")
+        async with pooled(answering(upgrade, OK)) as (server, http):
             with pytest.raises(TransportError, match="101"):
                 await send(http)
             assert (await send(http)).body == b"{}"  # on a new connection
-            await http.close()
         assert server.connections == 2
 
     async def test_a_reply_nobody_asked_for_closes_the_connection(self) -> None:
         """A second reply right behind the first: the first is the answer, and the
         connection is never used again (its next bytes could be anyone's)."""
-        async with hostile(answering(OK + numbered(99), numbered(2))) as server:
-            http = pool(f"http://127.0.0.1:{server.port}/")
+        async with pooled(answering(OK + numbered(99), numbered(2))) as (server, http):
             first = await send(http)
             second = await send(http)
-            await http.close()
         assert first.body == b"{}"
         assert second.body == b'{"n":2}'
         assert server.connections == 2
@@ -174,12 +188,10 @@ class TestInterimReplies:
             await read_request(reader)
             writer.write(OK)
 
-        async with hostile(script) as server:
-            http = pool(f"http://127.0.0.1:{server.port}/")
+        async with pooled(script) as (server, http):
             assert (await send(http)).body == b"{}"
             await asyncio.sleep(0.1)
             assert (await send(http)).body == b"{}"
-            await http.close()
         assert server.connections == 2
 
 
@@ -202,63 +214,51 @@ class TestLimits:
 
     async def test_an_endless_header_block(self) -> None:
         padding = b"X-Pad: " + b"a" * 1000 + b"\r\n"
-        async with hostile(endless(b"HTTP/1.1 200 OK\r\n", padding)) as server:
-            http = pool(f"http://127.0.0.1:{server.port}/", read_timeout_s=5.0)
+        async with patiently(endless(b"HTTP/1.1 200 OK\r\n", padding)) as (_, http):
             started = time.monotonic()
             with pytest.raises(TransportError, match="head is over 65536 bytes"):
                 await send(http)
             assert time.monotonic() - started < 2.0
-            await http.close()
 
     async def test_one_endless_header_line(self) -> None:
-        async with hostile(endless(b"HTTP/1.1 200 OK\r\nX-Pad: ", b"a" * 4096)) as server:
-            http = pool(f"http://127.0.0.1:{server.port}/", read_timeout_s=5.0)
+        async with patiently(endless(b"HTTP/1.1 200 OK\r\nX-Pad: ", b"a" * 4096)) as (_, http):
             with pytest.raises(TransportError, match="head is over 65536 bytes"):
                 await send(http)
-            await http.close()
 
     async def test_endless_interim_replies(self) -> None:
-        async with hostile(endless(b"", b"HTTP/1.1 100 Continue\r\n\r\n")) as server:
-            http = pool(f"http://127.0.0.1:{server.port}/", read_timeout_s=5.0)
+        async with patiently(endless(b"", b"HTTP/1.1 100 Continue\r\n\r\n")) as (_, http):
             with pytest.raises(TransportError, match="head is over 65536 bytes"):
                 await send(http)
-            await http.close()
 
     async def test_too_many_header_fields(self) -> None:
         fields = b"".join(b"X-F%d: 1\r\n" % n for n in range(101))
         reply = b"HTTP/1.1 200 OK\r\n" + fields + b"Content-Length: 2\r\n\r\n{}"
-        async with hostile(answering(reply, OK)) as server:
-            http = pool(f"http://127.0.0.1:{server.port}/")
+        async with pooled(answering(reply, OK)) as (server, http):
             with pytest.raises(TransportError, match="over 100 header fields"):
                 await send(http)
             assert (await send(http)).body == b"{}"
-            await http.close()
         assert server.connections == 2
 
     async def test_an_endless_chunked_body(self) -> None:
         chunk = b"10000\r\n" + b"a" * 0x10000 + b"\r\n"
         start = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-        async with hostile(endless(start, chunk)) as server:
-            http = pool(f"http://127.0.0.1:{server.port}/", read_timeout_s=5.0)
+        async with patiently(endless(start, chunk)) as (_, http):
             started = time.monotonic()
             with pytest.raises(TransportError, match="body is over 33554432 bytes"):
                 await send(http)
             assert time.monotonic() - started < 3.0
-            await http.close()
 
     async def test_an_endless_body_to_the_close(self) -> None:
-        async with hostile(endless(b"HTTP/1.0 200 OK\r\n\r\n", b"a" * 0x10000)) as server:
-            http = pool(f"http://127.0.0.1:{server.port}/", read_timeout_s=5.0)
+        async with patiently(endless(b"HTTP/1.0 200 OK\r\n\r\n", b"a" * 0x10000)) as (_, http):
             with pytest.raises(TransportError, match="body is over"):
                 await send(http)
-            await http.close()
 
     async def test_the_body_cap_is_per_pool(self) -> None:
         body = b"a" * 2000
         reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n" + body
         async with hostile(answering(reply)) as server:
-            url = f"http://127.0.0.1:{server.port}/"
-            roomy, tight = pool(url, max_body_bytes=2000), pool(url, max_body_bytes=1999)
+            roomy = pool(server.url, max_body_bytes=2000)
+            tight = pool(server.url, max_body_bytes=1999)
             assert (await send(roomy)).body == body
             with pytest.raises(TransportError, match="body is over 1999 bytes"):
                 await send(tight)
@@ -267,13 +267,11 @@ class TestLimits:
 
     async def test_a_declared_length_over_the_cap_fails_at_once(self) -> None:
         reply = b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000\r\n\r\n"
-        async with hostile(answering(reply)) as server:
-            http = pool(f"http://127.0.0.1:{server.port}/", read_timeout_s=5.0)
+        async with patiently(answering(reply)) as (_, http):
             started = time.monotonic()
             with pytest.raises(TransportError, match="body is over"):
                 await send(http)
             assert time.monotonic() - started < 1.0
-            await http.close()
 
 
 def reset(writer: asyncio.StreamWriter) -> None:
@@ -294,11 +292,9 @@ class TestConnectionErrors:
             await asyncio.sleep(0.1)
             reset(writer)
 
-        async with hostile(script) as server:
-            http = pool(f"http://127.0.0.1:{server.port}/")
+        async with pooled(script) as (_, http):
             with pytest.raises(TransportError, match="closed mid-reply"):
                 await send(http)
-            await http.close()
 
     async def test_a_body_to_a_clean_close_is_complete(self) -> None:
         async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -306,10 +302,8 @@ class TestConnectionErrors:
             writer.write(b'HTTP/1.1 200 OK\r\n\r\n{"Records":[]}')
             await writer.drain()
 
-        async with hostile(script) as server:
-            http = pool(f"http://127.0.0.1:{server.port}/")
+        async with pooled(script) as (_, http):
             assert (await send(http)).body == b'{"Records":[]}'
-            await http.close()
 
 
 class TestHeaderValues:
@@ -326,12 +320,10 @@ class TestHeaderValues:
                 requests.append(head)
                 writer.write(OK)
 
-        async with hostile(script) as server:
-            http = pool(f"http://127.0.0.1:{server.port}/")
+        async with pooled(script) as (_, http):
             with pytest.raises(ValueError, match="X-Amz-Security-Token"):
                 await send(http, {"X-Amz-Date": "20240101T000000Z", "X-Amz-Security-Token": bad})
             assert (await send(http, {"X-Amz-Security-Token": "fine\tto send"})).body == b"{}"
-            await http.close()
         assert len(requests) == 1
         assert b"X-Amz-Security-Token: fine\tto send\r\n" in requests[0]
 

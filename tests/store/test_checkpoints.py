@@ -1,22 +1,26 @@
-"""CheckpointStore on SQLite and PostgreSQL: every test here runs against both."""
+"""CheckpointStore on SQLite and PostgreSQL: every test here runs against both.
+
+Checkpoints are written as the daemon writes them, through a lease (``take_leases``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shardwise.errors import StoreError, StoreSchemaError
+from shardwise.errors import LeaseLostError, StoreError, StoreSchemaError
+from shardwise.leases.table import LeaseTable
 from shardwise.records import Position, SequenceNumber, ShardId, StartingPosition
 from shardwise.store import CheckpointStore, ShardRegistration, redact_url
 from shardwise.store.engine import open_engine
+from tests.store.conftest import ARN, TakeLeases
 
-ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/orders/stream/2024-01-01T00:00:00.000"
 OTHER_ARN = ARN.replace("orders", "invoices")
 LONG_SEQ = SequenceNumber("1234567890123456789012345678901234567890")
 
@@ -33,10 +37,28 @@ def shard(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Leased:
+    """One registered shard whose lease this worker holds: its checkpoints, fenced."""
+
+    table: LeaseTable
+    shard_id: ShardId
+    counter: int
+
+    async def save(self, sequence_number: str) -> None:
+        await self.table.save(self.shard_id, self.counter, SequenceNumber(sequence_number))
+
+    async def finish(self, sequence_number: str | None = None) -> None:
+        last = None if sequence_number is None else SequenceNumber(sequence_number)
+        await self.table.finish(self.shard_id, self.counter, last)
+
+
 @pytest.fixture
-async def store(store_url: str) -> AsyncIterator[CheckpointStore]:
-    async with await CheckpointStore.connect(store_url) as opened:
-        yield opened
+async def s1(store: CheckpointStore, take_leases: TakeLeases) -> Leased:
+    """Shard s-1 of processor "orders", registered and leased."""
+    await store.register_shards("orders", ARN, [shard("s-1")])
+    table, counters = await take_leases([ShardId("s-1")])
+    return Leased(table, ShardId("s-1"), counters[ShardId("s-1")])
 
 
 class TestConnect:
@@ -143,10 +165,9 @@ class TestRegisterShards:
         assert loaded[ShardId("s-1")].position == Position(start=StartingPosition.TRIM_HORIZON)
 
     async def test_register_is_idempotent_and_keeps_checkpoints(
-        self, store: CheckpointStore
+        self, store: CheckpointStore, s1: Leased
     ) -> None:
-        await store.register_shards("orders", ARN, [shard("s-1")])
-        await store.save("orders", ARN, ShardId("s-1"), LONG_SEQ)
+        await s1.save(LONG_SEQ)
         again = await store.register_shards(
             "orders", ARN, [shard("s-1", parent="s-0", start=StartingPosition.LATEST)]
         )
@@ -187,21 +208,21 @@ class TestRegisterShards:
 
 
 class TestSaveAndLoad:
-    """Checkpoints round-trip exactly, one statement per save."""
+    """Checkpoints written through a lease round-trip exactly, one statement per save."""
 
-    async def test_long_sequence_number_round_trips(self, store: CheckpointStore) -> None:
-        await store.register_shards("orders", ARN, [shard("s-1")])
-        await store.save("orders", ARN, ShardId("s-1"), LONG_SEQ)
+    async def test_long_sequence_number_round_trips(
+        self, store: CheckpointStore, s1: Leased
+    ) -> None:
+        await s1.save(LONG_SEQ)
         saved = (await store.load("orders", ARN))[ShardId("s-1")]
         assert saved.sequence_number == LONG_SEQ
         assert saved.position == Position.after_sequence(LONG_SEQ)
 
     async def test_shorter_number_after_longer_is_stored_as_given(
-        self, store: CheckpointStore
+        self, store: CheckpointStore, s1: Leased
     ) -> None:
-        await store.register_shards("orders", ARN, [shard("s-1")])
-        await store.save("orders", ARN, ShardId("s-1"), SequenceNumber("900"))
-        await store.save("orders", ARN, ShardId("s-1"), SequenceNumber("1000"))
+        await s1.save("900")
+        await s1.save("1000")
         assert (await store.load("orders", ARN))[ShardId("s-1")].sequence_number == "1000"
 
     async def test_load_is_scoped_to_processor_and_stream(self, store: CheckpointStore) -> None:
@@ -211,72 +232,72 @@ class TestSaveAndLoad:
         assert list(await store.load("orders", ARN)) == ["s-1"]
         assert await store.load("nobody", ARN) == {}
 
-    async def test_save_counts_one_statement(self, store: CheckpointStore) -> None:
-        await store.register_shards("orders", ARN, [shard("s-1")])
+    async def test_save_counts_one_statement(self, store: CheckpointStore, s1: Leased) -> None:
         before = store.statements
         for number in range(1, 11):
-            await store.save("orders", ARN, ShardId("s-1"), SequenceNumber(str(number)))
+            await s1.save(str(number))
         assert store.statements - before == 10
 
-    async def test_save_updates_timestamp_in_utc(self, store: CheckpointStore) -> None:
-        await store.register_shards("orders", ARN, [shard("s-1")])
+    async def test_save_updates_timestamp_in_utc(self, store: CheckpointStore, s1: Leased) -> None:
         registered = (await store.load("orders", ARN))[ShardId("s-1")].updated_at
-        await store.save("orders", ARN, ShardId("s-1"), SequenceNumber("5"))
+        await s1.save("5")
         saved = (await store.load("orders", ARN))[ShardId("s-1")].updated_at
         assert saved.tzinfo is UTC
         assert registered <= saved <= datetime.now(UTC)
 
-    async def test_save_unknown_shard_names_it(self, store: CheckpointStore) -> None:
+    async def test_save_unknown_shard_names_it(self, take_leases: TakeLeases) -> None:
+        table, _ = await take_leases([])
         with pytest.raises(
-            StoreError,
-            match=r"^save failed \(processor 'orders', shard 's-9'\) on .*not registered",
+            LeaseLostError,
+            match=r"^checkpoint refused \(processor 'orders', shard 's-9'\): worker 'w' no longer",
         ):
-            await store.save("orders", ARN, ShardId("s-9"), SequenceNumber("1"))
+            await table.save(ShardId("s-9"), 1, SequenceNumber("1"))
 
-    async def test_checkpoints_survive_reconnect(self, store_url: str) -> None:
-        async with await CheckpointStore.connect(store_url) as store:
-            await store.register_shards("orders", ARN, [shard("s-1")])
-            await store.save("orders", ARN, ShardId("s-1"), LONG_SEQ)
+    async def test_checkpoints_survive_reconnect(
+        self, store_url: str, store: CheckpointStore, s1: Leased
+    ) -> None:
+        await s1.save(LONG_SEQ)
+        await store.close()
         async with await CheckpointStore.connect(store_url, migrate=False) as reopened:
             saved = (await reopened.load("orders", ARN))[ShardId("s-1")]
         assert saved.sequence_number == LONG_SEQ
 
-    async def test_cancelled_save_returns_its_connection(self, store: CheckpointStore) -> None:
-        await store.register_shards("orders", ARN, [shard("s-1")])
+    async def test_cancelled_save_returns_its_connection(
+        self, store: CheckpointStore, s1: Leased
+    ) -> None:
         for _ in range(5):
-            task = asyncio.create_task(
-                store.save("orders", ARN, ShardId("s-1"), SequenceNumber("7"))
-            )
+            task = asyncio.create_task(s1.save("7"))
             await asyncio.sleep(0)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
         # Every connection is back: the pool can still hand out all of them at once.
         await asyncio.wait_for(asyncio.gather(*(store.ping() for _ in range(10))), timeout=10)
-        await store.save("orders", ARN, ShardId("s-1"), SequenceNumber("8"))
+        await s1.save("8")
         assert (await store.load("orders", ARN))[ShardId("s-1")].sequence_number == "8"
 
 
 class TestFinish:
     """finish marks a shard done, with or without a last sequence number."""
 
-    async def test_finish_keeps_checkpoint(self, store: CheckpointStore) -> None:
-        await store.register_shards("orders", ARN, [shard("s-1")])
-        await store.save("orders", ARN, ShardId("s-1"), SequenceNumber("41"))
-        await store.finish("orders", ARN, ShardId("s-1"))
+    async def test_finish_keeps_checkpoint(self, store: CheckpointStore, s1: Leased) -> None:
+        await s1.save("41")
+        await s1.finish()
         done = (await store.load("orders", ARN))[ShardId("s-1")]
         assert done.finished
         assert done.sequence_number == "41"
 
-    async def test_finish_with_sequence_number(self, store: CheckpointStore) -> None:
-        await store.register_shards("orders", ARN, [shard("s-1")])
-        await store.finish("orders", ARN, ShardId("s-1"), LONG_SEQ)
+    async def test_finish_with_sequence_number(self, store: CheckpointStore, s1: Leased) -> None:
+        await s1.finish(LONG_SEQ)
         done = (await store.load("orders", ARN))[ShardId("s-1")]
         assert (done.finished, done.sequence_number) == (True, LONG_SEQ)
 
-    async def test_finish_unknown_shard_names_it(self, store: CheckpointStore) -> None:
-        with pytest.raises(StoreError, match=r"^finish failed \(processor 'orders', shard 's-9'\)"):
-            await store.finish("orders", ARN, ShardId("s-9"))
+    async def test_finish_unknown_shard_names_it(self, take_leases: TakeLeases) -> None:
+        table, _ = await take_leases([])
+        with pytest.raises(
+            LeaseLostError, match=r"^finish refused \(processor 'orders', shard 's-9'\)"
+        ):
+            await table.finish(ShardId("s-9"), 1, None)
 
 
 class TestList:
@@ -345,13 +366,17 @@ class TestCheckpointProperties:
     )
     @given(runs=increasing_saves())
     async def test_load_returns_last_save(
-        self, store: CheckpointStore, runs: dict[str, list[SequenceNumber]]
+        self,
+        store: CheckpointStore,
+        take_leases: TakeLeases,
+        runs: dict[str, list[SequenceNumber]],
     ) -> None:
         processor = f"p-{uuid.uuid4().hex[:8]}"
         await store.register_shards(processor, ARN, [shard(shard_id) for shard_id in runs])
+        table, counters = await take_leases(map(ShardId, runs), processor=processor)
         for shard_id, numbers in runs.items():
             for number in numbers:
-                await store.save(processor, ARN, ShardId(shard_id), number)
+                await table.save(ShardId(shard_id), counters[ShardId(shard_id)], number)
         loaded = await store.load(processor, ARN)
         assert {k: v.sequence_number for k, v in loaded.items()} == {
             shard_id: numbers[-1] for shard_id, numbers in runs.items()

@@ -4,7 +4,6 @@ waiting, each row still its own compare-and-set, writes of one shard in order.""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import text
@@ -13,36 +12,32 @@ from shardwise.errors import LeaseLostError, StoreError
 from shardwise.leases.table import LeaseTable
 from shardwise.records import SequenceNumber, ShardId, StartingPosition
 from shardwise.store import CheckpointStore, ShardRegistration
+from tests.store.conftest import ARN, PROCESSOR, Holding, TakeLeases
 
-ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/orders/stream/2024-01-01T00:00:00.000"
-PROCESSOR = "orders"
 SHARDS = [ShardId(f"shard-{i:03d}") for i in range(40)]
 
 
+@pytest.fixture(autouse=True)
+async def shards(store: CheckpointStore) -> None:
+    """Forty shards, registered and free."""
+    registrations = [ShardRegistration(s, None, StartingPosition.TRIM_HORIZON) for s in SHARDS]
+    await store.register_shards(PROCESSOR, ARN, registrations)
+
+
 @pytest.fixture
-async def store(store_url: str) -> AsyncIterator[CheckpointStore]:
-    async with await CheckpointStore.connect(store_url) as opened:
-        registrations = [ShardRegistration(s, None, StartingPosition.TRIM_HORIZON) for s in SHARDS]
-        await opened.register_shards(PROCESSOR, ARN, registrations)
-        yield opened
-
-
-async def owned(store: CheckpointStore, worker: str = "w") -> tuple[LeaseTable, dict[ShardId, int]]:
-    table = LeaseTable(store, processor=PROCESSOR, stream_arn=ARN, worker_id=worker)
-    counters: dict[ShardId, int] = {}
-    for shard_id in SHARDS:
-        taken = await table.take(shard_id, 0)
-        assert taken is not None
-        counters[shard_id] = taken.counter
-    return table, counters
+async def owned(take_leases: TakeLeases) -> Holding:
+    """Worker "w" holding every shard's lease."""
+    return await take_leases(SHARDS)
 
 
 async def checkpoints(store: CheckpointStore) -> dict[str, str | None]:
     return {s: c.sequence_number for s, c in (await store.load(PROCESSOR, ARN)).items()}
 
 
-async def test_concurrent_checkpoints_share_statements(store: CheckpointStore) -> None:
-    table, counters = await owned(store)
+async def test_concurrent_checkpoints_share_statements(
+    store: CheckpointStore, owned: Holding
+) -> None:
+    table, counters = owned
     writer = store.checkpoint_writer
     before = writer.writes
     await asyncio.gather(
@@ -53,8 +48,8 @@ async def test_concurrent_checkpoints_share_statements(store: CheckpointStore) -
     assert writer.writes - before <= 2
 
 
-async def test_each_row_is_fenced_on_its_own(store: CheckpointStore) -> None:
-    table, counters = await owned(store)
+async def test_each_row_is_fenced_on_its_own(store: CheckpointStore, owned: Holding) -> None:
+    table, counters = owned
     stale = SHARDS[3]
     results = await asyncio.gather(
         *(table.save(s, counters[s] - (s == stale), SequenceNumber("500")) for s in SHARDS[:8]),
@@ -68,16 +63,18 @@ async def test_each_row_is_fenced_on_its_own(store: CheckpointStore) -> None:
     assert all(stored[s] == "500" for s in SHARDS[:8] if s != stale)
 
 
-async def test_another_workers_lease_is_never_written(store: CheckpointStore) -> None:
-    _, counters = await owned(store)
+async def test_another_workers_lease_is_never_written(
+    store: CheckpointStore, owned: Holding
+) -> None:
+    _, counters = owned
     theirs = LeaseTable(store, processor=PROCESSOR, stream_arn=ARN, worker_id="other")
     with pytest.raises(LeaseLostError):
         await theirs.save(SHARDS[0], counters[SHARDS[0]], SequenceNumber("9"))
     assert (await checkpoints(store))[SHARDS[0]] is None
 
 
-async def test_one_shards_writes_stay_in_order(store: CheckpointStore) -> None:
-    table, counters = await owned(store)
+async def test_one_shards_writes_stay_in_order(store: CheckpointStore, owned: Holding) -> None:
+    table, counters = owned
     shard = SHARDS[0]
     await asyncio.gather(
         *(table.save(shard, counters[shard], SequenceNumber(str(n))) for n in range(1, 21))
@@ -85,11 +82,10 @@ async def test_one_shards_writes_stay_in_order(store: CheckpointStore) -> None:
     assert (await checkpoints(store))[shard] == "20"
 
 
-async def test_close_writes_what_is_queued(store_url: str) -> None:
-    store = await CheckpointStore.connect(store_url)
-    registrations = [ShardRegistration(s, None, StartingPosition.TRIM_HORIZON) for s in SHARDS]
-    await store.register_shards(PROCESSOR, ARN, registrations)
-    table, counters = await owned(store)
+async def test_close_writes_what_is_queued(
+    store_url: str, store: CheckpointStore, owned: Holding
+) -> None:
+    table, counters = owned
     saves = [
         asyncio.ensure_future(table.save(s, counters[s], SequenceNumber("77"))) for s in SHARDS
     ]
@@ -116,8 +112,8 @@ async def save_retrying(table: LeaseTable, shard: ShardId, counter: int, sequenc
             return failures
 
 
-async def test_a_broken_connection_is_replaced(store: CheckpointStore) -> None:
-    table, counters = await owned(store)
+async def test_a_broken_connection_is_replaced(store: CheckpointStore, owned: Holding) -> None:
+    table, counters = owned
     shard = SHARDS[0]
     await table.save(shard, counters[shard], SequenceNumber("1"))
     writer = store.checkpoint_writer
@@ -130,10 +126,12 @@ async def test_a_broken_connection_is_replaced(store: CheckpointStore) -> None:
     assert (await checkpoints(store))[shard] == "2"
 
 
-async def test_postgres_restart_of_the_backend(store: CheckpointStore, store_url: str) -> None:
+async def test_postgres_restart_of_the_backend(
+    store: CheckpointStore, store_url: str, owned: Holding
+) -> None:
     if not store_url.startswith("postgresql"):
         pytest.skip("a server-side disconnect is a PostgreSQL matter")
-    table, counters = await owned(store)
+    table, counters = owned
     shard = SHARDS[1]
     await table.save(shard, counters[shard], SequenceNumber("1"))
     async with store.engine.connect() as admin:

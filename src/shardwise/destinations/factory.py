@@ -1,7 +1,7 @@
 """From a configured ``destination_config.on_failure.destination`` to a ``Destination``.
 
-``open_destination`` picks the target by the shape of the string (config.py has already
-validated it) and opens what it needs: an aiobotocore client for SQS, SNS and S3, the
+``open_destination`` picks the target by the shape of the string (``shardwise.config``
+has already validated it) and opens what it needs: an aiobotocore client for SQS, SNS and S3, the
 checkpoint store's engine for ``sql``, nothing for ``file:///``. ``close()`` on the result
 releases what was opened here; the checkpoint store stays open, as it belongs to the caller.
 """

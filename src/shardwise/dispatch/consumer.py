@@ -13,76 +13,49 @@ Source errors are handled here, per shard:
 * ``ShardNotFoundError``: the shard aged out of the stream; logged and counted, and the
   runner marks it finished so its children can start.
 * throttling, 5xx, transport errors: retried with jittered exponential backoff.
+
+When a poll pauses is ``cadence``'s rule; the checkpoint writes are ``checkpointing``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
-import math
-import random
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, TypeAlias
 
 import structlog
 
 from shardwise.clock import API_BACKOFF, sleep_or_stop
 from shardwise.destinations.base import Destination
 from shardwise.dispatch.batcher import Batcher
+from shardwise.dispatch.cadence import PollCadence
+from shardwise.dispatch.checkpointing import ShardCheckpoints
 from shardwise.dispatch.delivery import Delivery, FailurePolicy
 from shardwise.dispatch.filters import RecordFilter
 from shardwise.dispatch.lanes import Lanes
+from shardwise.dispatch.protocols import MAX_RECORDS_PER_CALL, Checkpointer, ShardSource
 from shardwise.dispatch.windows import OpenWindow, WindowedDelivery
 from shardwise.errors import (
     ExpiredIteratorError,
     ShardNotFoundError,
     ShardwiseError,
     SourceError,
-    StoreError,
     ThrottledError,
     TrimmedDataError,
     first_error,
 )
 from shardwise.observe.progress import ProcessorProgress
 from shardwise.processors import Processor
-from shardwise.records import (
-    Batch,
-    Position,
-    RecordPage,
-    SequenceNumber,
-    ShardId,
-    StartingPosition,
-)
-from shardwise.sources.base import MAX_RECORDS_PER_CALL, ShardSource
+from shardwise.records import Position, RecordPage, SequenceNumber, ShardId, StartingPosition
 
-__all__ = [
-    "Checkpointer",
-    "ConsumerSettings",
-    "ShardConsumer",
-    "ShardOutcome",
-    "idle_poll_interval",
-    "on_poll_grid",
-]
+__all__ = ["ConsumerSettings", "ShardConsumer", "ShardOutcome"]
 
 log = structlog.get_logger("shardwise.dispatch")
 
-
-class Checkpointer(Protocol):
-    """Durable positions of one processor on one stream."""
-
-    async def save(self, shard_id: ShardId, sequence_number: SequenceNumber) -> None: ...
-
-    async def save_window(
-        self, shard_id: ShardId, sequence_number: SequenceNumber | None, window_state: str | None
-    ) -> None:
-        """The checkpoint (None: unchanged) and the open tumbling window, in one write."""
-
-    async def window_state(self) -> str | None:
-        """The open tumbling window stored with the checkpoint."""
-
-    async def finish(self, shard_id: ShardId, sequence_number: SequenceNumber | None) -> None: ...
+# A read-ahead's outcome: the page, or the error reading it (raised where it is taken).
+ReadAhead: TypeAlias = "asyncio.Task[RecordPage | Exception]"
 
 
 class ShardOutcome(enum.Enum):
@@ -110,39 +83,18 @@ class ConsumerSettings:
     max_poll_interval_s: float = 3.0
 
 
-async def _discard(prefetch: asyncio.Future[RecordPage]) -> None:
-    """Cancel a read-ahead nobody will use; its outcome (page or error) is dropped."""
+async def _discard(prefetch: ReadAhead) -> None:
+    """Cancel a read-ahead nobody will use; its outcome (page or error) is dropped: the
+    records are read again from the checkpoint."""
     prefetch.cancel()
     await asyncio.wait([prefetch])
-    if not prefetch.cancelled():
-        prefetch.exception()  # retrieved: the records are read again from the checkpoint
 
 
-# Empty polls at full speed before an idle shard starts to back off (about one second).
-IDLE_POLLS_AT_FULL_SPEED = 4
-
-
-def idle_poll_interval(empty_polls: int, base_s: float, max_s: float) -> float:
-    """Seconds between polls after ``empty_polls`` empty pages in a row: ``base_s`` at
-    first, then doubling up to ``max_s``, with +-10% jitter so idle shards do not poll in
-    lockstep."""
-    if empty_polls <= IDLE_POLLS_AT_FULL_SPEED:
-        return base_s
-    steps = min(empty_polls - IDLE_POLLS_AT_FULL_SPEED, 16)
-    interval = min(max_s, base_s * 2.0**steps)
-    return interval * random.uniform(0.9, 1.1)
-
-
-# Backed-off shards wake on a shared grid of this step (the event loop's clock), so the
-# polls of many idle shards go out, and their replies come back, in one turn of the loop
-# instead of a turn each: a third less CPU for 1000 idle shards (bench/README.md), for at
-# most this much more delay on a shard that is idle anyway.
-IDLE_POLL_GRID_S = 0.1
-
-
-def on_poll_grid(delay_s: float, now: float, grid_s: float = IDLE_POLL_GRID_S) -> float:
-    """``delay_s`` stretched by less than ``grid_s`` so that it ends on a grid line."""
-    return math.ceil((now + delay_s) / grid_s) * grid_s - now
+def _page(outcome: RecordPage | Exception) -> RecordPage:
+    """A read-ahead's page, or its error raised here, as the read's own."""
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
 
 
 class ShardConsumer:
@@ -165,17 +117,20 @@ class ShardConsumer:
         self._shard_id = shard_id
         self._start = start
         self._processor = processor
-        self._checkpointer = checkpointer
         self._settings = settings
         self._stop = stop
         self._progress = progress
         self._batcher = Batcher(source.stream_arn, shard_id, settings.batch_size, settings.window_s)
+        self._checkpoints = ShardCheckpoints(
+            checkpointer, shard_id, checkpointed=start.after, stop=stop, progress=progress
+        )
+        self._cadence = PollCadence(settings.poll_interval_s, settings.max_poll_interval_s)
         self._delivery = Delivery(
             processor=processor,
             policy=settings.policy,
             destination=destination,
             function_arn=processor.function_arn,
-            commit=self._checkpoint,
+            commit=self._checkpoints.batch,
             stop=stop,
             progress=progress,
         )
@@ -183,11 +138,9 @@ class ShardConsumer:
         self._windows: WindowedDelivery | None = None
         self._iterator: str | None = None
         self._last_read: SequenceNumber | None = start.after
-        self._checkpointed: SequenceNumber | None = start.after
         self._resume_at_trim_horizon = False
         self._gap_after: str | None = None
         self._api_failures = 0
-        self._empty_polls = 0
 
     async def run(self) -> ShardOutcome:
         structlog.contextvars.bind_contextvars(shard=self._shard_id)
@@ -200,14 +153,14 @@ class ShardConsumer:
                 stream_arn=self._source.stream_arn,
                 size_s=self._settings.tumbling_window_s,
                 maximum_retry_attempts=self._settings.policy.maximum_retry_attempts,
-                save=self._save_window,
+                save=self._checkpoints.window,
                 hand_over=self._delivery.hand_over,
                 stop=self._stop,
                 progress=self._progress,
-                window=OpenWindow.decode(await self._checkpointer.window_state()),
+                window=OpenWindow.decode(await self._checkpoints.window_state()),
             )
         if factor == 1:
-            return await self._run()
+            return await self._run_one_lane()
         try:
             async with asyncio.TaskGroup() as tasks:
                 self._lanes = Lanes(
@@ -221,8 +174,8 @@ class ShardConsumer:
                     tasks=tasks,
                 )
                 delivery = self._delivery.with_commit(self._lanes.resolved)
-                self._lanes.bind(delivery.deliver, self._lane_commit)
-                outcome = await self._run()
+                self._lanes.bind(delivery.deliver, self._checkpoints.lanes)
+                outcome = await self._run(tasks)
                 await self._lanes.drain()  # in-flight batches finish (nothing new starts)
                 return outcome
         except BaseExceptionGroup as group:
@@ -231,13 +184,24 @@ class ShardConsumer:
                 raise failure from group
             raise
 
-    async def _run(self) -> ShardOutcome:
-        prefetch: asyncio.Future[RecordPage] | None = None
+    async def _run_one_lane(self) -> ShardOutcome:
+        """The loop in a TaskGroup of its own, which owns the read-ahead; an error of the loop
+        leaves it as itself (not wrapped in a group), as it would without one."""
+        failure: Exception
+        async with asyncio.TaskGroup() as tasks:
+            try:
+                return await self._run(tasks)
+            except Exception as exc:  # noqa: BLE001 - raised again just below, outside the group
+                failure = exc
+        raise failure
+
+    async def _run(self, tasks: asyncio.TaskGroup) -> ShardOutcome:
+        prefetch: ReadAhead | None = None
         try:
             while not self._stop.is_set():
                 started = time.monotonic()
                 try:
-                    page = await (prefetch if prefetch is not None else self._read())
+                    page = await self._read() if prefetch is None else _page(await prefetch)
                 except SourceError as exc:
                     prefetch = None
                     outcome = await self._on_source_error(exc)
@@ -250,7 +214,7 @@ class ShardConsumer:
                 self._iterator = page.next_iterator
                 if not closed and len(page.records) >= MAX_RECORDS_PER_CALL:
                     # A backlog: fetch the next page while this one is being delivered.
-                    prefetch = asyncio.ensure_future(self._read())
+                    prefetch = tasks.create_task(self._read_ahead())
                 if not await self._accept(page) or not await self._deliver_ready(flush=closed):
                     self._progress.released(self._shard_id, self._pending())
                     return ShardOutcome.STOPPED
@@ -259,9 +223,12 @@ class ShardConsumer:
                 if closed:
                     if self._lanes is not None and not await self._lanes.drain():
                         return ShardOutcome.STOPPED
-                    finished = await self._finish()
+                    finished = await self._checkpoints.finish(self._last_read)
                     return ShardOutcome.FINISHED if finished else ShardOutcome.STOPPED
-                if await sleep_or_stop(self._stop, self._pause_s(started, page)):
+                pause = self._cadence.pause_s(
+                    started, len(page.records), self._lanes or self._batcher
+                )
+                if await sleep_or_stop(self._stop, pause):
                     break
             return ShardOutcome.STOPPED
         finally:
@@ -277,6 +244,14 @@ class ShardConsumer:
             if self._resume_at_trim_horizon:
                 self._resume_at_trim_horizon = False
         return await self._source.get_records(self._shard_id, self._iterator, MAX_RECORDS_PER_CALL)
+
+    async def _read_ahead(self) -> RecordPage | Exception:
+        """``_read()`` as a task of the loop's TaskGroup: an error is returned, to be raised
+        where the page is taken (``_page``), rather than tearing the group down."""
+        try:
+            return await self._read()
+        except Exception as exc:  # noqa: BLE001 - raised by _page when the loop takes the page
+            return exc
 
     def _resume_position(self) -> Position:
         if self._resume_at_trim_horizon:
@@ -309,24 +284,6 @@ class ShardConsumer:
             return await self._lanes.add(page.records, records)
         self._batcher.add(records, time.monotonic())
         return True
-
-    def _pause_s(self, started: float, page: RecordPage) -> float:
-        """Poll again at once after a full page, ~4 polls/s while records flow, and back off
-        on an idle shard (drift-free: the time the work took is subtracted)."""
-        if len(page.records) >= MAX_RECORDS_PER_CALL:
-            self._empty_polls = 0
-            return 0.0
-        self._empty_polls = 0 if page.records else self._empty_polls + 1
-        interval = idle_poll_interval(
-            self._empty_polls, self._settings.poll_interval_s, self._settings.max_poll_interval_s
-        )
-        delay = max(0.0, interval - (time.monotonic() - started))
-        due = (self._lanes or self._batcher).seconds_until_due(time.monotonic())
-        if due is not None and due <= delay:
-            return max(0.0, due)  # a batching window closes first: keep its deadline
-        if self._empty_polls > IDLE_POLLS_AT_FULL_SPEED:
-            delay = on_poll_grid(delay, asyncio.get_running_loop().time())
-        return delay
 
     async def _on_source_error(self, exc: SourceError) -> ShardOutcome | None:
         """Decide what a failed API call means; None = keep going."""
@@ -388,101 +345,9 @@ class ShardConsumer:
             return await self._windows.tick()  # a window whose end has passed is closed
         return True
 
-    async def _write(self, what: str, write: Callable[[], Awaitable[None]]) -> bool:
-        """Run a store write to completion (shielded from cancellation), retrying outages."""
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                await asyncio.shield(write())
-            except StoreError as exc:
-                if not exc.retriable:
-                    raise
-                log.warning("checkpoint store write failed; retrying", write=what, error=str(exc))
-                if await sleep_or_stop(self._stop, API_BACKOFF.delay(attempt)):
-                    return False
-            else:
-                return True
-
     async def _checkpoint_filtered_tail(self) -> bool:
         """Nothing waits to be delivered, yet records were read past the checkpoint: they
         were all filtered out. Move the checkpoint over them (they are consumed)."""
-        last = self._last_read
-        if self._lanes is not None or len(self._batcher) or last in (None, self._checkpointed):
+        if self._lanes is not None or len(self._batcher):
             return True
-        if not await self._write(
-            "checkpoint", lambda: self._checkpointer.save(self._shard_id, last)
-        ):
-            return False
-        self._checkpointed = last
-        return True
-
-    async def _save_window(
-        self, sequence: SequenceNumber | None, window_state: str | None, run: Batch | None
-    ) -> bool:
-        """Tumbling windows: the checkpoint and the window state in one write."""
-        started = time.monotonic()
-        save = self._checkpointer.save_window
-        if not await self._write(
-            "checkpoint", lambda: save(self._shard_id, sequence, window_state)
-        ):
-            return False
-        if sequence is not None:
-            self._checkpointed = sequence
-        if run is not None:
-            created = run.records[-1]["dynamodb"].get("ApproximateCreationDateTime")
-            self._progress.checkpointed(
-                self._shard_id,
-                run.last_sequence_number,
-                len(run),
-                float(created) if isinstance(created, int | float) else None,
-                time.monotonic() - started,
-            )
-        return True
-
-    async def _lane_commit(self, mark: SequenceNumber | None, part: Batch | None) -> bool:
-        """The lanes' watermark moved (``mark``) and/or a lane resolved ``part``."""
-        started = time.monotonic()
-        if mark is not None:
-            if not await self._write(
-                "checkpoint", lambda: self._checkpointer.save(self._shard_id, mark)
-            ):
-                return False
-            self._checkpointed = mark
-        if part is not None:
-            created = part.records[-1]["dynamodb"].get("ApproximateCreationDateTime")
-            self._progress.checkpointed(
-                self._shard_id,
-                self._checkpointed or part.last_sequence_number,
-                len(part),
-                float(created) if isinstance(created, int | float) else None,
-                time.monotonic() - started,
-            )
-        return True
-
-    async def _checkpoint(self, batch: Batch) -> bool:
-        sequence = batch.last_sequence_number
-        started = time.monotonic()
-        saved = await self._write(
-            "checkpoint", lambda: self._checkpointer.save(self._shard_id, sequence)
-        )
-        if not saved:
-            return False
-        self._checkpointed = sequence
-        created = batch.records[-1]["dynamodb"].get("ApproximateCreationDateTime")
-        self._progress.checkpointed(
-            self._shard_id,
-            sequence,
-            len(batch),
-            float(created) if isinstance(created, int | float) else None,
-            time.monotonic() - started,
-        )
-        return True
-
-    async def _finish(self) -> bool:
-        last = self._last_read
-        if not await self._write("finish", lambda: self._checkpointer.finish(self._shard_id, last)):
-            return False
-        self._progress.finished(self._shard_id)
-        log.info("shard finished", last_sequence=last)
-        return True
+        return await self._checkpoints.filtered_tail(self._last_read)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from shardwise.clock import API_BACKOFF, HANDLER_BACKOFF, Backoff, sleep_or_stop
+from shardwise.clock import API_BACKOFF, HANDLER_BACKOFF, Backoff, retries, sleep_or_stop
 from shardwise.destinations.base import (
     Destination,
     DestinationError,
@@ -28,6 +28,7 @@ from shardwise.dispatch.response import Response, interpret_response, looks_like
 from shardwise.observe.progress import ProcessorProgress
 from shardwise.processors import Processor
 from shardwise.records import Batch, StreamRecord
+from shardwise.tasks import to_completion
 
 __all__ = ["Delivery", "FailurePolicy"]
 
@@ -266,18 +267,14 @@ class Delivery:
             self._progress.dropped(len(failed.records))
             log.error("records dropped: no on-failure destination is configured", **where)
             return True
-        attempt = 0
-        while True:
-            attempt += 1
+        async for _ in retries(self._stop, API_BACKOFF):
             try:
-                await asyncio.shield(self._destination.send(failed))
+                await to_completion(self._destination.send(failed))
             except DestinationError as exc:
                 self._progress.destination_failed()
                 log.warning(
                     "on-failure destination write failed; retrying", error=str(exc), **where
                 )
-                if await sleep_or_stop(self._stop, API_BACKOFF.delay(attempt)):
-                    return False
             else:
                 self._progress.sent_to_destination(len(failed.records))
                 log.warning(
@@ -286,3 +283,4 @@ class Delivery:
                     **where,
                 )
                 return True
+        return False

@@ -31,7 +31,7 @@ from typing import Any
 
 import structlog
 
-from shardwise.clock import HANDLER_BACKOFF, Backoff, sleep_or_stop
+from shardwise.clock import HANDLER_BACKOFF, Backoff, retries
 from shardwise.destinations.base import FailedBatch, FailureCondition
 from shardwise.observe.progress import ProcessorProgress
 from shardwise.processors import Processor
@@ -130,29 +130,29 @@ class WindowedDelivery:
         window = self.window
         if window is None:
             return True
-        attempt = 0
-        while True:
-            attempt += 1
+        if not await self._final_invocation(window, terminated_early=terminated_early):
+            return False
+        self.window = OpenWindow(window.start) if terminated_early else None
+        return await self._save(None, self.window.encode() if self.window else None, None)
+
+    async def _final_invocation(self, window: OpenWindow, *, terminated_early: bool) -> bool:
+        """Invoke the handler for the end of ``window`` until it succeeds; False if stopped."""
+        async for _ in retries(self._stop, self._backoff):
             event = {"Records": [], **self._fields(window, final=True, early=terminated_early)}
             ok, _, problem = await self._call(event, 0)
             if ok:
-                break
+                return True
             log.error(
                 "final window invocation failed; retrying",
                 window=_iso(window.start),
                 problem=problem,
             )
-            if await sleep_or_stop(self._stop, self._backoff.delay(attempt)):
-                return False
-        self.window = OpenWindow(window.start) if terminated_early else None
-        return await self._save(None, self.window.encode() if self.window else None, None)
+        return False
 
     async def _deliver_run(self, run: Batch) -> bool:
         window = self.window
         assert window is not None
-        attempt = 0
-        while True:
-            attempt += 1
+        async for attempt in retries(self._stop, self._backoff):
             event = {"Records": list(run.records), **self._fields(window, final=False, early=False)}
             ok, state, problem = await self._call(event, len(run))
             if ok and state is not None:
@@ -187,8 +187,7 @@ class WindowedDelivery:
                 if not await self._hand_over(failed):
                     return False
                 return await self._save(run.last_sequence_number, window.encode(), run)
-            if await sleep_or_stop(self._stop, self._backoff.delay(attempt)):
-                return False
+        return False
 
     async def _call(
         self, event: dict[str, Any], size: int

@@ -9,7 +9,9 @@ Checkpoints are written only while the lease is held (``LeaseLostError`` otherwi
 ``LeaseCoordinator`` (``coordinator``) runs one worker's leases on one processor's stream;
 ``Lease`` and ``FencedCheckpointer`` (``lease``) are what a shard's consumer holds and writes
 through; ``balance`` holds the pure rules (what to take, what to ask for, lineage, expiry);
-``table`` the SQL statements.
+``table`` the lease table as the coordinator reads and writes it, and ``admin`` as an
+operator does; their SQL is in ``store.leases``, ``store.fenced_writes`` (checkpoints) and
+``store.lease_admin``.
 """
 
 from __future__ import annotations

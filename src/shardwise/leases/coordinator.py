@@ -24,10 +24,11 @@ import structlog
 from shardwise.clock import sleep_or_stop
 from shardwise.errors import StoreError
 from shardwise.leases import balance
-from shardwise.leases.lease import FencedCheckpointer, LeaderLease, Lease, LossReason, to_completion
+from shardwise.leases.lease import FencedCheckpointer, LeaderLease, Lease, LossReason
 from shardwise.leases.table import LeaseTable, Snapshot
 from shardwise.records import ShardId
 from shardwise.store import CheckpointStore
+from shardwise.tasks import to_completion
 
 __all__ = ["LeaseCoordinator"]
 

@@ -4,25 +4,22 @@ A ``Lease`` is what the runner sees of one shard it may process: where the check
 when it was taken (``position``) and a ``lost`` event to stop on. The coordinator renews it
 and moves its deadline; ``FencedCheckpointer`` writes the shard's checkpoint only while the
 lease is still this worker's, both here (deadline, state) and in the store (owner and
-counter), and raises ``LeaseLostError`` otherwise. ``to_completion`` runs a release to its
-end even when the caller is cancelled meanwhile.
+counter), and raises ``LeaseLostError`` otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
 from shardwise.errors import LeaseLostError
-from shardwise.leases.table import KEEP, LeaseTable, _Keep
+from shardwise.leases.table import LeaseTable
 from shardwise.records import Position, SequenceNumber, ShardId
+from shardwise.store.fenced_writes import KEEP, Keep
 
-__all__ = ["FencedCheckpointer", "LeaderLease", "Lease", "LossReason", "to_completion"]
-
-T = TypeVar("T")
+__all__ = ["FencedCheckpointer", "LeaderLease", "Lease", "LossReason"]
 
 
 class LossReason(enum.Enum):
@@ -97,7 +94,7 @@ class FencedCheckpointer:
         self,
         shard_id: ShardId,
         sequence_number: SequenceNumber | None,
-        window_state: str | _Keep | None,
+        window_state: str | Keep | None,
     ) -> None:
         """Checkpoint (if ``sequence_number``) and the open tumbling window, in one write."""
         lease = self._require(shard_id, "checkpoint")
@@ -145,20 +142,3 @@ class FencedCheckpointer:
     def _lose(self, lease: Lease, reason: LossReason) -> None:
         lease.lose(reason)
         self._gone(lease)
-
-
-async def to_completion(work: Coroutine[Any, Any, T]) -> T:
-    """Run ``work`` to the end even if the caller is cancelled meanwhile; the cancellation is
-    re-raised once it is done (and its result is lost to the caller)."""
-    task = asyncio.ensure_future(work)
-    interrupted: asyncio.CancelledError | None = None
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError as exc:
-            if task.done():
-                raise
-            interrupted = exc
-    if interrupted is not None:
-        raise interrupted
-    return task.result()

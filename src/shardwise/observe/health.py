@@ -31,6 +31,7 @@ from shardwise.config import HttpConfig, Settings
 from shardwise.errors import ShardwiseError, StoreError
 from shardwise.observe.metrics import build_registry, render
 from shardwise.observe.progress import ProcessorProgress
+from shardwise.tasks import TaskScope
 
 __all__ = [
     "HealthReport",
@@ -180,7 +181,7 @@ class ObserveServer:
         self._watched: dict[str, asyncio.Task[Any]] = {}
         self._loop_lag_s = 0.0
         self._last_tick = time.monotonic()
-        self._ticker: asyncio.Task[None] | None = None
+        self._tasks = TaskScope()  # the ticker's, from start() to stop()
         self._runner: web.AppRunner | None = None
         self._was_healthy = True
         self._state = _State.NEW
@@ -197,16 +198,16 @@ class ObserveServer:
             {"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz},
         )
         self._last_tick = time.monotonic()
-        self._ticker = asyncio.create_task(self._tick(), name="shardwise-observe-ticker")
+        await self._tasks.open()
+        self._tasks.create_task(self._tick(), name="shardwise-observe-ticker")
         self._state = _State.SERVING
         log.info("http endpoint listening", host=self._settings.http.host, port=self.bound_port)
 
     async def stop(self) -> None:
         """Stop serving; harmless when not started or already stopped."""
         serving, self._state = self._state is _State.SERVING, _State.STOPPED
-        if serving and self._ticker is not None and self._runner is not None:
-            self._ticker.cancel()
-            await asyncio.wait([self._ticker])
+        if serving and self._runner is not None:
+            await self._tasks.close()
             await self._runner.cleanup()
 
     async def __aenter__(self) -> ObserveServer:

@@ -32,7 +32,7 @@ from shardwise.records import (
     ShardListing,
     StreamRecord,
 )
-from shardwise.sources.http import TransportError
+from shardwise.sources.http_connection import TransportError
 
 __all__ = [
     "MALFORMED",
@@ -62,7 +62,9 @@ _THROTTLE_CODES = frozenset(
 
 @contextmanager
 def mapped_errors(operation: str, where: str, *, shard_op: bool) -> Iterator[None]:
-    """Translate botocore and transport errors of one call into the SourceError tree."""
+    """Translate botocore and transport errors of one call into the SourceError tree
+    (``TransportError`` includes a request header the transport refuses to write:
+    ``http_headers.InvalidHeaderError``)."""
     try:
         yield
     except ClientError as exc:

@@ -3,11 +3,14 @@
 ``DynamoDBStreamsSource`` reads through aiobotocore, which parses every page against the
 service model (base64 binaries decoded to bytes, creation times to datetimes) before
 ``lambda_record`` turns each record back into Lambda's shape. Here the same request is
-signed as botocore signs it (``sigv4.EndpointSigner``), sent over one shared, bounded pool
-of keep-alive connections (``http.HttpPool``; through ``aiohttp`` when a proxy is set),
-and the body is decoded once with ``orjson``: a wire record already *is* Lambda's record
-but for ``eventSourceARN`` (added) and ``userIdentity``'s key names (renamed on TTL
-deletes). Binary attributes stay the base64 strings the wire has.
+signed as botocore signs it (``credentials.RequestSigner``), sent over one shared, bounded
+pool of keep-alive connections (``http.HttpPool``; through ``aiohttp`` when a proxy is set:
+``transport.AiohttpTransport``), and the body is decoded once with ``orjson``: a wire
+record already *is* Lambda's record but for a few keys (``dynamodb_records``).
+
+This module holds the client (``RawStreamsClient``: signed calls, error responses, expired
+credentials), the source over it (``RawDynamoDBStreamsSource``) and their set-up from the
+settings (``open_raw_client``: region, endpoint, credentials, TLS, proxy).
 
 Nothing else is re-implemented, so the two sources cannot drift apart:
 
@@ -22,20 +25,16 @@ Nothing else is re-implemented, so the two sources cannot drift apart:
 
 from __future__ import annotations
 
-import asyncio
-import math
 import re
 import ssl
-import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from functools import partial
 from types import TracebackType
-from typing import Any, Final, Protocol, TypeAlias
+from typing import Any, Final
 
 import aiohttp
 import orjson
 import structlog
-from botocore.credentials import ReadOnlyCredentials, RefreshableCredentials
 from botocore.exceptions import ClientError, InvalidRegionError, NoCredentialsError
 from botocore.httpsession import ProxyConfiguration
 from botocore.parsers import JSONParser
@@ -45,17 +44,23 @@ from shardwise import __version__
 from shardwise.aws import aws_session, resolve_endpoint
 from shardwise.config import AwsConfig
 from shardwise.errors import ConfigError, SourceError
-from shardwise.records import Position, RecordPage, ShardId, ShardListing, StreamRecord
+from shardwise.records import Position, RecordPage, ShardId, ShardListing
+from shardwise.sources.credentials import (
+    EXPIRED_CREDENTIAL_CODES,
+    RequestSigner,
+    ResolveCredentials,
+)
 from shardwise.sources.dynamodb import MALFORMED, DynamoDBStreamsSource, mapped_errors
-from shardwise.sources.http import DEFAULT_MAX_BODY_BYTES, HttpPool, Response, Sign, TransportError
-from shardwise.sources.sigv4 import EndpointSigner
+from shardwise.sources.dynamodb_records import lambda_records
+from shardwise.sources.http import HttpPool
+from shardwise.sources.transport import AiohttpTransport, Transport
 
 __all__ = [
+    "CONNECT_TIMEOUT_S",
     "DEFAULT_MAX_CONNECTIONS",
-    "AiohttpTransport",
+    "READ_TIMEOUT_S",
     "RawDynamoDBStreamsSource",
     "RawStreamsClient",
-    "Transport",
     "open_raw_client",
     "open_raw_source",
     "proxy_for",
@@ -72,65 +77,9 @@ READ_TIMEOUT_S: Final = 20.0
 _REGION: Final = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9\-]{0,61}[a-zA-Z0-9])?")
 
 _TARGET_PREFIX: Final = "DynamoDBStreams_20120810."
-_SIGNING_NAME: Final = "dynamodb"  # DynamoDB Streams signs as the dynamodb service
 _ERROR_PARSER: Final = JSONParser()
 
-# Error codes that say the request's credentials are no longer valid, and how often they
-# may send us back to the provider chain for new ones.
-EXPIRED_CREDENTIAL_CODES: Final = frozenset({"ExpiredTokenException", "ExpiredToken"})
-RENEW_INTERVAL_S: Final = 5.0
-
-ResolveCredentials: TypeAlias = Callable[[], Awaitable[Any]]
-
 log = structlog.get_logger("shardwise.sources")
-
-
-class _Signer:
-    """SigV4 for one endpoint (``EndpointSigner``, held to botocore's signer by the tests);
-    static credentials are frozen once, refreshable ones (assumed roles, instance
-    profiles, SSO) are asked for a fresh copy per request, which costs nothing until they
-    are near expiry."""
-
-    def __init__(self, credentials: Any, url: str, region: str) -> None:
-        self._endpoint = EndpointSigner(url, region=region, service=_SIGNING_NAME)
-        self._renewed_at = -math.inf
-        self.use(credentials)
-
-    def use(self, credentials: Any) -> None:
-        self._credentials = credentials
-        self._refreshable = isinstance(credentials, RefreshableCredentials)
-        self._frozen: ReadOnlyCredentials | None = None
-
-    async def renew(self, resolve: ResolveCredentials) -> bool:
-        """The endpoint called our credentials expired: resolve them again from the provider
-        chain (a new role session, the task role's or web identity's next keys), at most
-        once per ``RENEW_INTERVAL_S``. False when it was too soon to ask again."""
-        now = time.monotonic()
-        if now - self._renewed_at < RENEW_INTERVAL_S:
-            return False
-        self._renewed_at = now
-        self.use(await resolve())
-        return True
-
-    @property
-    def has_credentials(self) -> bool:
-        return self._credentials is not None
-
-    async def headers(self, target: str, body: bytes) -> Mapping[str, str]:
-        """The signed headers, as of now: called by the transport right before it sends."""
-        return self._endpoint.headers(await self._current(), target, body)
-
-    async def _current(self) -> ReadOnlyCredentials:
-        if self._credentials is None:
-            # What botocore's signer raises on every call of a client without credentials;
-            # it maps to the same SourceError.
-            raise NoCredentialsError
-        if self._refreshable:
-            frozen: ReadOnlyCredentials = await self._credentials.get_frozen_credentials()
-            return frozen
-        if self._frozen is None:
-            self._frozen = await self._credentials.get_frozen_credentials()
-        return self._frozen
 
 
 def _client_error(operation: str, status: int, headers: Any, body: bytes) -> ClientError:
@@ -152,71 +101,6 @@ def _json_object(body: bytes, operation: str, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise SourceError(f"{operation} on {where}: the response is not an object", code=MALFORMED)
     return value
-
-
-class Transport(Protocol):
-    """Sends a request to the endpoint: ``HttpPool``, or ``AiohttpTransport``. ``sign``
-    makes its headers once a connection is free for it, right before it is sent."""
-
-    @property
-    def closed(self) -> bool: ...
-
-    async def post(self, sign: Sign, body: bytes) -> Response: ...
-
-    async def close(self) -> None: ...
-
-
-class AiohttpTransport:
-    """The same requests through an ``aiohttp`` session: used when a proxy is configured
-    (``aiohttp`` tunnels through it; ``HttpPool`` speaks to the endpoint directly).
-
-    At most ``max_connections`` requests are in flight (the session's connector should
-    allow as many), each signed once it may go; a reply's body over ``max_body_bytes``
-    fails the call with ``TransportError``. Timeouts are the session's.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        session: aiohttp.ClientSession,
-        *,
-        max_connections: int,
-        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    ) -> None:
-        self._url = url
-        self._session = session
-        self._slots = asyncio.Semaphore(max_connections)
-        self._max_body_bytes = max_body_bytes
-
-    @property
-    def closed(self) -> bool:
-        return self._session.closed
-
-    async def post(self, sign: Sign, body: bytes) -> Response:
-        async with self._slots:
-            headers = await sign()
-            async with self._session.post(
-                self._url, data=body, headers=headers, allow_redirects=False
-            ) as response:
-                payload = await self._read(response)
-                names = {name.lower(): value for name, value in response.headers.items()}
-                return Response(response.status, names, payload)
-
-    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
-        too_large = f"the reply's body is over {self._max_body_bytes} bytes"
-        if (response.content_length or 0) > self._max_body_bytes:
-            raise TransportError(too_large)
-        chunks: list[bytes] = []
-        room = self._max_body_bytes
-        async for chunk in response.content.iter_any():
-            room -= len(chunk)
-            if room < 0:
-                raise TransportError(too_large)
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    async def close(self) -> None:
-        await self._session.close()
 
 
 class RawStreamsClient:
@@ -243,7 +127,7 @@ class RawStreamsClient:
         self._resolve_credentials = resolve_credentials
         self._url = endpoint_url.rstrip("/") + "/"
         self._region = region
-        self._signer = _Signer(credentials, self._url, region)
+        self._signer = RequestSigner(credentials, self._url, region)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
@@ -309,29 +193,6 @@ class RawStreamsClient:
         await self.close()
 
 
-def _lambda_records(records: list[StreamRecord], stream_arn: str) -> list[StreamRecord]:
-    """Turn decoded wire records into Lambda's records, in place (see ``lambda_record``).
-
-    The per-record work is what differs between the two shapes and nothing more: the
-    stream ARN, ``userIdentity``'s key names, and a creation time sent as a whole float
-    (``1.4794997E9``) delivered as the integer Lambda shows.
-    """
-    for record in records:
-        record["eventSourceARN"] = stream_arn
-        if "userIdentity" in record:
-            identity = record.pop("userIdentity")
-            if identity:
-                record["userIdentity"] = {
-                    "type": identity.get("Type"),
-                    "principalId": identity.get("PrincipalId"),
-                }
-        stream = record["dynamodb"]
-        created = stream.get("ApproximateCreationDateTime")
-        if created.__class__ is float and created.is_integer():
-            stream["ApproximateCreationDateTime"] = int(created)
-    return records
-
-
 class RawDynamoDBStreamsSource:
     """Reads one DynamoDB stream through a ``RawStreamsClient`` (a ``ShardSource``)."""
 
@@ -373,7 +234,7 @@ class RawDynamoDBStreamsSource:
             # Not a closed shard's last page (that has "Records": []): never finish on it.
             raise SourceError(f"GetRecords on {where}: the response has no Records", code=MALFORMED)
         return RecordPage(
-            records=_lambda_records(records, self._stream_arn),
+            records=lambda_records(records, self._stream_arn),
             next_iterator=response.get("NextShardIterator"),
         )
 

@@ -28,7 +28,7 @@ from urllib.parse import quote, urlsplit
 from botocore.credentials import ReadOnlyCredentials
 from botocore.utils import normalize_url_path
 
-from shardwise.sources.http import host_header
+from shardwise.sources.http_headers import host_header
 
 __all__ = ["CONTENT_TYPE", "EndpointSigner"]
 

@@ -1,12 +1,14 @@
 """The checkpoint store: where each processor is in each shard, in SQLite or PostgreSQL.
 
-A row exists once a shard is registered (``register_shards``) and moves forward with
-``save`` and ``finish``. Every write is one short transaction of its own and, apart from
-registration, one SQL statement, so a checkpoint costs the same round trips however many
-shards there are (``statements`` counts them for the benchmarks).
+A row exists once a shard is registered (``register_shards``) and moves forward only
+through the shard's lease (``lease_rows``, ``store/leases.py``): ``fenced_checkpoints``
+writes it only while the lease is held (``store/fenced_writes.py``), so a worker that lost
+a lease can never move a checkpoint. Every write is one short transaction of its own and,
+apart from registration, one SQL statement, so a checkpoint costs the same round trips
+however many shards there are (``statements`` counts them for the benchmarks).
 
-Callers that must not lose a write to cancellation wrap it in ``asyncio.shield``; a cancelled
-call never leaves a connection checked out of the pool.
+Callers that must not lose a write to cancellation run it with ``shardwise.tasks.to_completion``;
+a cancelled call never leaves a connection checked out of the pool.
 """
 
 from __future__ import annotations
@@ -19,15 +21,15 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, Executable, Row, select, update
+from sqlalchemy import ColumnElement, Executable, Row, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shardwise.errors import StoreError
 from shardwise.records import Position, SequenceNumber, ShardId, StartingPosition
-from shardwise.store.engine import failure, map_store_errors, open_engine, redact_url, writer
-from shardwise.store.fenced_writes import CheckpointWriter
+from shardwise.store.engine import map_store_errors, open_engine, redact_url, writer
+from shardwise.store.fenced_writes import CheckpointWriter, FencedCheckpoints
+from shardwise.store.leases import LeaseRows
 from shardwise.store.migrate import require_head, upgrade_engine
 from shardwise.store.models import checkpoints
 
@@ -169,8 +171,34 @@ class CheckpointStore:
 
     @property
     def statements(self) -> int:
-        """How many SQL statements this store has sent (one per save or finish)."""
-        return self._statements
+        """How many SQL statements this store has sent: its own, those of its lease rows and
+        the coalesced checkpoints (one per save, however many shards it carries)."""
+        return self._statements + self._checkpoint_writer.writes
+
+    def lease_rows(self, *, processor: str, stream_arn: str, worker_id: str) -> LeaseRows:
+        """The lease rows of ``processor`` on ``stream_arn`` as ``worker_id`` changes them;
+        their statements count in ``statements``."""
+        return LeaseRows(
+            self._engine,
+            self._execute,
+            processor=processor,
+            stream_arn=stream_arn,
+            worker_id=worker_id,
+        )
+
+    def fenced_checkpoints(
+        self, *, processor: str, stream_arn: str, owner: str
+    ) -> FencedCheckpoints:
+        """Checkpoints of the shards ``owner`` leases on ``processor``'s stream, fenced; the
+        only way a checkpoint moves. Their statements count in ``statements``."""
+        return FencedCheckpoints(
+            self._engine,
+            self._checkpoint_writer,
+            self._execute,
+            processor=processor,
+            stream_arn=stream_arn,
+            owner=owner,
+        )
 
     async def close(self) -> None:
         """Close every pooled connection. Closing twice is harmless."""
@@ -250,27 +278,6 @@ class CheckpointStore:
                 rows = (await self._execute(connection, query)).all()
         return {ShardId(row.shard_id): checkpoint_from_row(row) for row in rows}
 
-    async def save(
-        self, processor: str, stream_arn: str, shard_id: ShardId, sequence_number: SequenceNumber
-    ) -> None:
-        """Checkpoint ``sequence_number`` as the last record processed in the shard."""
-        await self._update(
-            "save", processor, stream_arn, shard_id, {"sequence_number": sequence_number}
-        )
-
-    async def finish(
-        self,
-        processor: str,
-        stream_arn: str,
-        shard_id: ShardId,
-        sequence_number: SequenceNumber | None = None,
-    ) -> None:
-        """Mark the shard done (closed and read to its end), with its last checkpoint if given."""
-        values: dict[str, object] = {"finished": True}
-        if sequence_number is not None:
-            values["sequence_number"] = sequence_number
-        await self._update("finish", processor, stream_arn, shard_id, values)
-
     async def list(self, processor: str | None = None) -> builtins.list[ShardCheckpoint]:
         """All checkpoints, or one processor's, ordered by processor, stream and shard."""
         self._require_open()
@@ -281,33 +288,6 @@ class CheckpointStore:
             async with self._engine.connect() as connection:
                 rows = (await self._execute(connection, query)).all()
         return [checkpoint_from_row(row) for row in rows]
-
-    async def _update(
-        self,
-        operation: str,
-        processor: str,
-        stream_arn: str,
-        shard_id: ShardId,
-        values: Mapping[str, object],
-    ) -> None:
-        self._require_open()
-        statement = (
-            update(checkpoints)
-            .where(
-                checkpoints.c.processor == processor,
-                checkpoints.c.stream_arn == stream_arn,
-                checkpoints.c.shard_id == shard_id,
-            )
-            .values(**values, updated_at=_now())
-        )
-        with map_store_errors(operation, self._engine.url, processor=processor, shard_id=shard_id):
-            async with self._writer.begin() as connection:
-                result = await self._execute(connection, statement)
-        if result.rowcount == 0:
-            raise StoreError(
-                f"{failure(operation, processor, shard_id)} on {self._url}: "
-                f"the shard is not registered for stream {stream_arn}"
-            )
 
     async def _execute(
         self,

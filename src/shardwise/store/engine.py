@@ -25,19 +25,20 @@ from __future__ import annotations
 import contextlib
 import re
 import sqlite3
-from collections.abc import Iterator
-from typing import Any, Final
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, Final, TypeAlias
 
 import asyncpg
-from sqlalchemy import event
-from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy import Executable, event
+from sqlalchemy.engine import URL, Connection, CursorResult, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from shardwise.errors import StoreError
 
 __all__ = [
     "SQLITE_BUSY_TIMEOUT_MS",
+    "Execute",
     "failure",
     "map_store_errors",
     "open_engine",
@@ -57,6 +58,10 @@ _DRIVERS: Final = {
     "postgresql": "postgresql+asyncpg",
     "postgresql+asyncpg": "postgresql+asyncpg",
 }
+
+# How the parts of a store send a statement: through the store's own execute, which counts
+# it (``CheckpointStore.statements``).
+Execute: TypeAlias = Callable[[AsyncConnection, Executable], Awaitable[CursorResult[Any]]]
 
 # Execution option read by the SQLite "begin" hook: which BEGIN to emit.
 _SQLITE_BEGIN: Final = "shardwise_sqlite_begin"

@@ -1,4 +1,10 @@
-"""Fenced checkpoint writes, coalesced: one statement, one round trip, for every shard waiting.
+"""Fenced checkpoint writes: every checkpoint of a leased shard, plain ones coalesced.
+
+``FencedCheckpoints`` is the one way a worker writes a checkpoint, always as one
+compare-and-set on the lease's owner and counter that says whether the row was written. A
+plain checkpoint (a sequence number, the tumbling window left as it is) joins the coalesced
+statements of ``CheckpointWriter``; one that writes the window, and a finish (which also
+frees the lease), is one UPDATE of its own in a pooled transaction.
 
 A checkpoint is on the hot path: a shard's next batch is invoked only once the previous
 batch's checkpoint is durable. Written as a pooled SQLAlchemy transaction it cost six round
@@ -31,18 +37,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
 import structlog
+from sqlalchemy import and_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shardwise.errors import StoreError
-from shardwise.store.engine import map_store_errors, redact_url
+from shardwise.records import SequenceNumber, ShardId
+from shardwise.store.engine import Execute, map_store_errors, redact_url, writer
 from shardwise.store.models import checkpoints
 
-__all__ = ["CheckpointWriter"]
+__all__ = ["KEEP", "CheckpointWriter", "FencedCheckpoints", "Keep"]
 
 log = structlog.get_logger("shardwise.store")
 
@@ -50,6 +59,98 @@ log = structlog.get_logger("shardwise.store")
 MAX_SHARDS_PER_STATEMENT: Final = 256
 
 _C = checkpoints.c
+
+
+class Keep:
+    """Marker type: leave a column as it is."""
+
+
+KEEP: Final = Keep()
+
+
+class FencedCheckpoints:
+    """The checkpoints one worker writes on one processor's stream, each only while the
+    shard's lease is still the worker's at the counter given (the counter stays as it is,
+    but for a finish); made by ``CheckpointStore.fenced_checkpoints``."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        coalesced: CheckpointWriter,
+        execute: Execute,
+        *,
+        processor: str,
+        stream_arn: str,
+        owner: str,
+    ) -> None:
+        self._engine = engine
+        self._coalesced = coalesced
+        self._execute = execute
+        self._writer = writer(engine)
+        self.processor = processor
+        self.stream_arn = stream_arn
+        self.owner = owner
+        self._rows = and_(_C.processor == processor, _C.stream_arn == stream_arn)
+
+    async def save(
+        self,
+        shard_id: ShardId,
+        counter: int,
+        sequence_number: SequenceNumber | None,
+        window_state: str | Keep | None = KEEP,
+    ) -> bool:
+        """Move the checkpoint (None: leave it) and the tumbling window (``KEEP``: leave it)
+        in one statement; False when the lease is not ours at ``counter``."""
+        if isinstance(window_state, Keep) and sequence_number is not None:
+            return await self._coalesced.save(
+                processor=self.processor,
+                stream_arn=self.stream_arn,
+                owner=self.owner,
+                shard_id=shard_id,
+                counter=counter,
+                sequence_number=sequence_number,
+            )
+        values: dict[str, object] = {}
+        if sequence_number is not None:
+            values["sequence_number"] = sequence_number
+        if not isinstance(window_state, Keep):
+            values["window_state"] = window_state
+        return await self._update("checkpoint", shard_id, counter, values)
+
+    async def finish(
+        self, shard_id: ShardId, counter: int, sequence_number: SequenceNumber | None
+    ) -> bool:
+        """Mark the shard finished (with its last checkpoint if given) and free its lease,
+        incrementing the counter; False when the lease is not ours at ``counter``."""
+        values: dict[str, object] = {"finished": True, "owner": None, "owner_since": None}
+        values.update(handoff_to=None, lease_counter=_C.lease_counter + 1)
+        if sequence_number is not None:
+            values["sequence_number"] = sequence_number
+        return await self._update("finish", shard_id, counter, values)
+
+    async def window_state(self, shard_id: ShardId) -> str | None:
+        """The open tumbling window stored with the shard's checkpoint, if any."""
+        query = select(_C.window_state).where(self._rows, _C.shard_id == shard_id)
+        with map_store_errors("read window state", self._engine.url, processor=self.processor):
+            async with self._engine.connect() as connection:
+                value = (await self._execute(connection, query)).scalar()
+        return None if value is None else str(value)
+
+    async def _update(
+        self, operation: str, shard_id: ShardId, counter: int, values: Mapping[str, object]
+    ) -> bool:
+        fence = (_C.shard_id == shard_id, _C.owner == self.owner, _C.lease_counter == counter)
+        statement = (
+            update(checkpoints)
+            .where(self._rows, *fence)
+            .values(**values, updated_at=datetime.now(UTC))
+            .returning(_C.shard_id)
+        )
+        with map_store_errors(
+            operation, self._engine.url, processor=self.processor, shard_id=shard_id
+        ):
+            async with self._writer.begin() as connection:
+                return (await self._execute(connection, statement)).first() is not None
 
 
 @dataclass(slots=True)

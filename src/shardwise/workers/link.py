@@ -22,6 +22,7 @@ from typing import Any, Final
 import structlog
 
 from shardwise.config import Settings
+from shardwise.tasks import TaskScope
 
 __all__ = ["ParentLink", "WorkerProcess", "messages"]
 
@@ -68,24 +69,20 @@ class ParentLink:
         self._started = started
         self._on_parent_gone = on_parent_gone
         self._writer: asyncio.StreamWriter | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks = TaskScope()  # the two below, from __aenter__ to __aexit__
 
     async def __aenter__(self) -> ParentLink:
         sock = socket.socket(fileno=self._fd)
         sock.set_inheritable(False)  # a handler's own subprocesses must not keep it open
         reader, self._writer = await asyncio.open_connection(sock=sock)
         await self._send({"port": self._port})
-        self._tasks = [
-            asyncio.create_task(self._announce_started(), name="shardwise-link-started"),
-            asyncio.create_task(self._watch_parent(reader), name="shardwise-link-parent"),
-        ]
+        await self._tasks.open()
+        self._tasks.create_task(self._announce_started(), name="shardwise-link-started")
+        self._tasks.create_task(self._watch_parent(reader), name="shardwise-link-parent")
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks)
+        await self._tasks.close()
         if self._writer is not None:
             self._writer.close()
             with contextlib.suppress(OSError):

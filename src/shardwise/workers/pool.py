@@ -20,7 +20,7 @@ Children run in sessions of their own, so a terminal's Ctrl-C reaches the parent
 each child is told once; the channel of ``link.py`` stops them should the parent die.
 
 A restarted child keeps its slot's worker id. That is safe because every lease write is a
-compare-and-set on the lease counter (``leases/table.py``), never on the owner alone: the
+compare-and-set on the lease counter (``store/leases.py``), never on the owner alone: the
 new process holds no counter, it takes its predecessor's leases back (its "earlier life",
 ``balance.claims``) with takes that increment each counter, and any statement the dead
 process had in flight carries an older counter and is refused. A slot is started again
@@ -56,7 +56,7 @@ log = structlog.get_logger("shardwise.workers")
 
 # Beyond the children's own drain grace: time for them to release leases and exit.
 DRAIN_MARGIN_S: Final = 5.0
-# How `shardwise` exits on an invalid configuration or handler (cli.py).
+# How `shardwise` exits on an invalid configuration or handler (cli/exit_codes.py).
 EXIT_INVALID: Final = 2
 _STOPPED_EARLY: Final = (-signal.SIGTERM, -signal.SIGINT)
 

@@ -16,17 +16,20 @@ pure; ``status_report`` reads the store in two SELECTs.
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from shardwise.config import Settings
+from shardwise.cli.exit_codes import EXIT_OK
+from shardwise.cli.table import format_age, format_table
+from shardwise.config import Settings, add_config_argument, load_config
 from shardwise.leases.admin import LeaseAdmin, LeaseView, ShardLease, WorkerBeat
-from shardwise.observe.table import format_table
 from shardwise.store import CheckpointStore, redact_url
 
-__all__ = ["STALE_LEASE_DURATIONS", "format_age", "format_status", "status_report"]
+__all__ = ["STALE_LEASE_DURATIONS", "add_status_command", "format_status", "status_report"]
 
 # A worker whose heartbeat row is older than this many lease durations is marked "stale?".
 STALE_LEASE_DURATIONS: Final = 3
@@ -45,6 +48,18 @@ _CLOCKS = (
     "ages: by this machine's clock (workers' clocks may differ; leases expire by counter, "
     "not by time)"
 )
+
+
+def add_status_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``shardwise status -c CONFIG``."""
+    status = subparsers.add_parser("status", help="where every processor and shard stands")
+    add_config_argument(status)
+    status.set_defaults(func=_cmd_status)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    print(asyncio.run(status_report(load_config(args.config))))
+    return EXIT_OK
 
 
 async def status_report(settings: Settings, *, now: datetime | None = None) -> str:
@@ -149,18 +164,3 @@ def _workers(
             heartbeat += f" (stale? more than {STALE_LEASE_DURATIONS} lease durations)"
         lines.append(f"worker {worker_id}: {held[worker_id]} lease(s), {heartbeat}")
     return lines
-
-
-def format_age(age: timedelta) -> str:
-    """A short human duration: ``42s``, ``5m07s``, ``3h12m``, ``2d04h``."""
-    seconds = max(0, int(age.total_seconds()))
-    minutes, seconds = divmod(seconds, 60)
-    hours, minutes = divmod(minutes, 60)
-    days, hours = divmod(hours, 24)
-    if days:
-        return f"{days}d{hours:02d}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{seconds:02d}s"
-    return f"{seconds}s"

@@ -1,7 +1,8 @@
-"""The ``shardwise`` command: run, validate, status, checkpoints, db, failures, leases,
-import-esm, iam-policy, demo.
+"""The ``shardwise`` parser and entry point; the commands ``run``, ``validate`` and ``demo``.
 
-Exit codes: 0 success, 1 runtime failure, 2 invalid configuration or handler.
+The other commands register themselves from their own modules: ``status``, ``iam-policy``,
+``checkpoints``, ``db``, ``failures``, ``import-esm``, ``leases``. Exit codes
+(``exit_codes.py``): 0 success, 1 runtime failure, 2 invalid configuration or handler.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,24 +18,21 @@ from typing import TYPE_CHECKING
 import structlog
 
 from shardwise import __version__
+from shardwise.cli.esm_import import add_import_esm_command
+from shardwise.cli.exit_codes import EXIT_FAILURE, EXIT_INVALID, EXIT_OK
+from shardwise.cli.failures import add_failures_commands
+from shardwise.cli.iam import add_iam_policy_command
+from shardwise.cli.leases import add_leases_commands
+from shardwise.cli.status import add_status_command
+from shardwise.cli.store import add_checkpoints_command, add_db_commands
 from shardwise.config import Settings, add_config_argument, load_config
-from shardwise.destinations.replay import add_failures_commands
 from shardwise.errors import ConfigError, HandlerImportError, ShardwiseError, first_error
-from shardwise.esm_import import add_import_esm_command
-from shardwise.leases.cli import add_leases_commands
 from shardwise.observe.logging import configure_logging
-from shardwise.observe.table import format_table
 
 if TYPE_CHECKING:
     from shardwise.workers import WorkerProcess
 
 __all__ = ["main"]
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_INVALID = 2
-
-log = structlog.get_logger("shardwise.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,30 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_argument(validate)
     validate.set_defaults(func=_cmd_validate)
 
-    status = commands.add_parser("status", help="where every processor and shard stands")
-    add_config_argument(status)
-    status.set_defaults(func=_cmd_status)
-
-    iam = commands.add_parser(
-        "iam-policy", help="print the least-privilege IAM policy a config needs"
-    )
-    add_config_argument(iam)
-    iam.set_defaults(func=_cmd_iam_policy)
-
-    checkpoints = commands.add_parser("checkpoints", help="print the stored shard checkpoints")
-    add_config_argument(checkpoints)
-    checkpoints.add_argument("--processor", help="only this processor")
-    checkpoints.set_defaults(func=_cmd_checkpoints)
-
-    db = commands.add_parser("db", help="manage the checkpoint store's schema")
-    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
-    upgrade = db_commands.add_parser("upgrade", help="apply schema migrations (Alembic)")
-    add_config_argument(upgrade)
-    upgrade.add_argument("--revision", default="head", help="target revision (default: head)")
-    upgrade.set_defaults(func=_cmd_db_upgrade)
-    current = db_commands.add_parser("current", help="print the schema revision")
-    add_config_argument(current)
-    current.set_defaults(func=_cmd_db_current)
+    add_status_command(commands)
+    add_iam_policy_command(commands)
+    add_checkpoints_command(commands)
+    add_db_commands(commands)
 
     demo = commands.add_parser(
         "demo", help="an embedded DynamoDB (moto) with items written continuously, consumed live"
@@ -98,14 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(path: Path) -> Settings:
-    return load_config(path)
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
     from shardwise.workers import WorkerPool, WorkerProcess, resolve_processes
 
-    settings = _load(args.config)
+    settings = load_config(args.config)
     configure_logging(settings.log.level, settings.log.format)
     if args.as_worker_process is not None:
         child = WorkerProcess(args.as_worker_process, args.parent_fd)
@@ -157,24 +130,10 @@ async def serve(
         await supervisor.run()
 
 
-def _cmd_status(args: argparse.Namespace) -> int:
-    from shardwise.observe.status import status_report
-
-    print(asyncio.run(status_report(_load(args.config))))
-    return EXIT_OK
-
-
-def _cmd_iam_policy(args: argparse.Namespace) -> int:
-    from shardwise.observe.iam import iam_policy
-
-    print(json.dumps(iam_policy(_load(args.config)), indent=2))
-    return EXIT_OK
-
-
 def _cmd_validate(args: argparse.Namespace) -> int:
     from shardwise.processors import import_handler, search_paths
 
-    settings = _load(args.config)
+    settings = load_config(args.config)
     problems: list[str] = []
     for index, processor in enumerate(settings.processors):
         try:
@@ -185,54 +144,6 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         raise ConfigError(problems, source=str(args.config))
     names = ", ".join(p.name for p in settings.processors)
     print(f"{args.config}: OK ({len(settings.processors)} processor(s): {names})")
-    return EXIT_OK
-
-
-def _cmd_checkpoints(args: argparse.Namespace) -> int:
-    from shardwise.store import CheckpointStore
-
-    settings = _load(args.config)
-
-    async def rows() -> list[list[str]]:
-        async with await CheckpointStore.connect(settings.store.url, migrate=False) as store:
-            found = await store.list(args.processor)
-        return [
-            [
-                c.processor,
-                c.shard_id,
-                c.sequence_number or f"({c.start_position.value})",
-                "yes" if c.finished else "no",
-                c.updated_at.isoformat(timespec="seconds"),
-                c.stream_arn,
-            ]
-            for c in found
-        ]
-
-    table = asyncio.run(rows())
-    if not table:
-        print("no checkpoints yet")
-        return EXIT_OK
-    header = ["PROCESSOR", "SHARD", "SEQUENCE", "FINISHED", "UPDATED", "STREAM"]
-    print(format_table(header, table))
-    return EXIT_OK
-
-
-def _cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from shardwise.store import current_revision, redact_url, upgrade
-
-    settings = _load(args.config)
-    asyncio.run(upgrade(settings.store.url, args.revision))
-    revision = asyncio.run(current_revision(settings.store.url))
-    print(f"{redact_url(settings.store.url)}: schema at revision {revision}")
-    return EXIT_OK
-
-
-def _cmd_db_current(args: argparse.Namespace) -> int:
-    from shardwise.store import current_revision, redact_url
-
-    settings = _load(args.config)
-    revision = asyncio.run(current_revision(settings.store.url))
-    print(f"{redact_url(settings.store.url)}: {revision or 'no schema (run shardwise db upgrade)'}")
     return EXIT_OK
 
 

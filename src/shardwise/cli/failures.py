@@ -1,9 +1,9 @@
 """``shardwise failures list|show|replay``: what the on-failure destination kept, and again.
 
-Failed batches are read back (``archive.py``) from the processor's destination when it keeps
-the records: ``sql`` (ids are row ids; replays are recorded in ``replayed_at``), ``file:///``
-(ids are line numbers) and S3 (ids are object keys). SQS and SNS hold Lambda's metadata-only
-record, so there is nothing to list or replay: the commands say so and exit 2.
+Failed batches are read back (``destinations/archive.py``) from the processor's destination
+when it keeps the records: ``sql`` (ids are row ids; replays are recorded in ``replayed_at``),
+``file:///`` (ids are line numbers) and S3 (ids are object keys). SQS and SNS hold Lambda's
+metadata-only record, so there is nothing to list or replay: the commands say so and exit 2.
 
 ``replay`` imports the processor's handler as ``shardwise run`` does and invokes it once per
 stored batch, oldest first, with exactly the records that failed. It stops at the first
@@ -21,19 +21,17 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from shardwise.cli.exit_codes import EXIT_FAILURE, EXIT_INVALID, EXIT_OK
+from shardwise.cli.table import format_table
 from shardwise.config import ProcessorConfig, Settings, add_config_argument, load_config
 from shardwise.destinations.archive import Archive, FailureSummary, StoredFailure, open_archive
 from shardwise.destinations.factory import target_kind
 from shardwise.dispatch.response import interpret_response
 from shardwise.errors import ConfigError
-from shardwise.observe.table import format_table
 from shardwise.processors import Processor, build_processor, import_handler, search_paths
 from shardwise.records import Batch, ShardId
 
 __all__ = ["add_failures_commands"]
-
-# Exit codes, as in shardwise.cli (which imports this module, so they are not imported).
-EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
 
 _METADATA_ONLY = (
     "processor {name!r} sends failed batches to {target}. Like Lambda, an {kind} destination "

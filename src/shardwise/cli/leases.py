@@ -26,17 +26,15 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import UTC, datetime
 from typing import TypeAlias, TypeVar
 
+from shardwise.cli.exit_codes import EXIT_FAILURE, EXIT_INVALID, EXIT_OK
+from shardwise.cli.table import format_age, format_table
 from shardwise.config import Settings, add_config_argument, load_config
 from shardwise.leases.admin import LeaseAdmin, Released, ShardLease
-from shardwise.observe.status import format_age
-from shardwise.observe.table import format_table
 from shardwise.records import Position, SequenceNumber, StartingPosition
 from shardwise.store import CheckpointStore
 
 __all__ = ["Confirm", "NoTerminalError", "add_leases_commands", "ask"]
 
-# Exit codes, as in shardwise.cli (which imports this module, so they are not imported).
-EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
 # Shards named in the one-line summary of a release; the preview table lists them all.
 SUMMARY_SHARDS = 10
 

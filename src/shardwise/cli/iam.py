@@ -1,4 +1,4 @@
-"""The least-privilege IAM policy a config needs, as a policy document (a JSON-ready dict).
+"""``shardwise iam-policy``: the least-privilege IAM policy a config needs (a JSON-ready dict).
 
 * Reading streams: ``dynamodb:DescribeStream``, ``GetShardIterator`` and ``GetRecords`` on
   each stream. A ``stream_arn:`` source names its stream exactly; a ``table:`` source reads
@@ -19,13 +19,16 @@ Every processor in the config counts, disabled ones too: a paused mapping keeps 
 
 from __future__ import annotations
 
+import argparse
+import json
 import re
 from collections.abc import Iterable
 from typing import Any, Final
 
-from shardwise.config import ProcessorConfig, Settings
+from shardwise.cli.exit_codes import EXIT_OK
+from shardwise.config import ProcessorConfig, Settings, add_config_argument, load_config
 
-__all__ = ["iam_policy"]
+__all__ = ["add_iam_policy_command", "iam_policy"]
 
 STREAM_READ_ACTIONS: Final = (
     "dynamodb:DescribeStream",
@@ -35,6 +38,22 @@ STREAM_READ_ACTIONS: Final = (
 _TABLE_ARN = re.compile(r"arn:(?P<partition>aws[a-z-]*):dynamodb:[a-z0-9-]+:\d{12}:table/[^/]+")
 _S3_ARN = re.compile(r"arn:(?P<partition>aws[a-z-]*):s3:::(?P<bucket>[^/]+)")
 _S3_URL = re.compile(r"s3://(?P<bucket>[^/]+)(?:/(?P<prefix>.*))?")
+
+
+def add_iam_policy_command(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    """Register ``shardwise iam-policy -c CONFIG``: the policy, as indented JSON."""
+    iam = subparsers.add_parser(
+        "iam-policy", help="print the least-privilege IAM policy a config needs"
+    )
+    add_config_argument(iam)
+    iam.set_defaults(func=_cmd_iam_policy)
+
+
+def _cmd_iam_policy(args: argparse.Namespace) -> int:
+    print(json.dumps(iam_policy(load_config(args.config)), indent=2))
+    return EXIT_OK
 
 
 def iam_policy(settings: Settings) -> dict[str, Any]:

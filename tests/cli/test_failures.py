@@ -21,6 +21,7 @@ from typing import Any
 import boto3
 import pytest
 
+from shardwise.cli.failures import add_failures_commands
 from shardwise.config import load_config
 from shardwise.destinations import (
     FailedBatch,
@@ -31,7 +32,6 @@ from shardwise.destinations import (
     s3,
 )
 from shardwise.destinations._aws import aws_client
-from shardwise.destinations.replay import add_failures_commands
 from shardwise.errors import ConfigError, StoreSchemaError
 from shardwise.store import CheckpointStore
 from shardwise.store.failures import FailureStore

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from shardwise.cli.exit_codes import EXIT_INVALID, EXIT_OK
 from shardwise.dispatch.filters import FilterPatternError, compile_filters
 from shardwise.processors import split_handler
 
@@ -353,9 +354,9 @@ def _cmd_import_esm(args: argparse.Namespace) -> int:
         output = esm_to_processor_yaml(text, name=args.name, handler=args.handler)
     except (OSError, UnicodeDecodeError) as exc:
         print(f"error: cannot read {args.file}: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_INVALID
     except EsmImportError as exc:
         print(f"error: {args.file}: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_INVALID
     sys.stdout.write(output)
-    return 0
+    return EXIT_OK

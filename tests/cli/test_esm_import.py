@@ -13,13 +13,13 @@ from typing import Any, ClassVar
 import pytest
 import yaml
 
-from shardwise.config import ProcessorConfig, Settings, parse_config
-from shardwise.esm_import import (
+from shardwise.cli.esm_import import (
     PLACEHOLDER_HANDLER,
     EsmImportError,
     add_import_esm_command,
     esm_to_processor_yaml,
 )
+from shardwise.config import ProcessorConfig, Settings, parse_config
 
 STREAM_ARN = "arn:aws:dynamodb:us-east-2:123456789012:table/Orders/stream/2024-11-05T19:35:38.089"
 DLQ = "arn:aws:sqs:us-east-2:123456789012:orders-dlq"
@@ -141,7 +141,7 @@ CFN_JSON: dict[str, Any] = {
     }
 }
 
-# Keys the importer writes that config.py may not know yet; stripped before loading (below).
+# Keys the importer writes that shardwise.config may not know yet; stripped before loading (below).
 NEW_KEYS = ("parallelization_factor", "tumbling_window_in_seconds", "filter_criteria")
 
 
@@ -149,7 +149,7 @@ def load(output: str, env: dict[str, str] | None = None) -> Settings:
     """The imported YAML as shardwise loads it, once the handler placeholder is replaced.
 
     Keys of ``NEW_KEYS`` that ``ProcessorConfig`` does not define yet are removed first, so this
-    round trip checks everything else today and all of it once config.py learns them.
+    round trip checks everything else today and all of it once shardwise.config learns them.
     """
     document = yaml.safe_load(output)
     for processor in document["processors"]:

@@ -8,12 +8,14 @@ from typing import Any
 
 import pytest
 
+from shardwise.cli.iam import iam_policy
+from shardwise.cli.status import format_status, status_report
+from shardwise.cli.table import format_age
 from shardwise.config import Settings, parse_config
 from shardwise.errors import StoreSchemaError
 from shardwise.leases import LeaseCoordinator
 from shardwise.leases.admin import LeaseView, ShardLease, WorkerBeat
-from shardwise.observe.iam import iam_policy
-from shardwise.observe.status import format_age, format_status, status_report
+from shardwise.leases.table import LeaseTable
 from shardwise.records import SequenceNumber, ShardId, StartingPosition
 from shardwise.store import CheckpointStore, ShardCheckpoint, ShardRegistration
 
@@ -160,8 +162,13 @@ class TestStatusReport:
                     ),
                 ],
             )
-            await store.finish("orders", ARN, ShardId("shard-1"), SequenceNumber("500"))
-            await store.save("orders", ARN, ShardId("shard-2"), SequenceNumber("612"))
+            # Checkpoints move only through a lease, as a worker writes them.
+            table = LeaseTable(store, processor="orders", stream_arn=ARN, worker_id="w")
+            for shard_id in (ShardId("shard-1"), ShardId("shard-2")):
+                assert await table.take(shard_id, 0) is not None
+            await table.finish(ShardId("shard-1"), 1, SequenceNumber("500"))
+            await table.save(ShardId("shard-2"), 1, SequenceNumber("612"))
+            await table.release({ShardId("shard-2"): 1}, None)
         settings = config(
             processor("orders", "{table: Orders}"), top=f"store: {{url: '{sqlite_url}'}}"
         )

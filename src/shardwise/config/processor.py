@@ -1,0 +1,181 @@
+"""One ``processors:`` entry: a stream, the handler it feeds, and Lambda's ESM settings.
+
+``ProcessorConfig`` mirrors one Lambda event source mapping, its keys the ESM parameters in
+snake_case (``BatchSize`` -> ``batch_size``); the classes above it are its nested parts
+(``source``, ``destination_config``, ``filter_criteria``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from shardwise.config.values import ConfigModel, Int, Name, Seconds, matching
+from shardwise.dispatch.filters import MAX_FILTERS, validate_pattern
+from shardwise.processors import split_handler
+from shardwise.records import StartingPosition
+
+__all__ = [
+    "DestinationConfig",
+    "DynamoDBSourceConfig",
+    "FilterConfig",
+    "FilterCriteriaConfig",
+    "OnFailureConfig",
+    "ProcessorConfig",
+    "SourceConfig",
+]
+
+_TABLE = r"[A-Za-z0-9_.-]{3,255}"
+_TABLE_ARN = rf"arn:aws[a-z-]*:dynamodb:[a-z0-9-]+:\d{{12}}:table/{_TABLE}"
+_STREAM_ARN = rf"{_TABLE_ARN}/stream/[^\s/]+"
+_TABLE_NAME = matching(
+    rf"{_TABLE}|{_TABLE_ARN}", "must be a table name (3-255 of A-Z a-z 0-9 _ . -) or a table ARN"
+)
+
+
+def _handler(value: str) -> str:
+    split_handler(value)  # Lambda's file.function or module:attribute; ValueError says why
+    return value
+
+
+def _stream_arn(value: str) -> str:
+    if re.fullmatch(_STREAM_ARN, value):
+        return value
+    if re.fullmatch(_TABLE_ARN, value):
+        raise ValueError("is a table ARN, not a stream ARN; set table: instead")
+    raise ValueError(
+        "must be a DynamoDB stream ARN like "
+        "arn:aws:dynamodb:us-east-1:123456789012:table/Orders/stream/2026-01-01T00:00:00.000"
+    )
+
+
+class DynamoDBSourceConfig(ConfigModel):
+    """A DynamoDB stream, named by its table or by its stream ARN (exactly one)."""
+
+    table: Annotated[str, _TABLE_NAME] | None = None
+    """Table name (or table ARN); resolved to its LatestStreamArn with DescribeTable."""
+    stream_arn: Annotated[str, AfterValidator(_stream_arn)] | None = None
+    """A specific stream (ESM EventSourceArn)."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> DynamoDBSourceConfig:
+        if (self.table is None) == (self.stream_arn is None):
+            state = "neither is set" if self.table is None else "both are set"
+            raise ValueError(f"set exactly one of table or stream_arn ({state})")
+        return self
+
+
+class SourceConfig(ConfigModel):
+    """Where a processor's records come from."""
+
+    dynamodb: DynamoDBSourceConfig
+
+
+_DESTINATION = matching(
+    r"arn:aws[a-z-]*:(sqs|sns):[a-z0-9-]+:\d{12}:[A-Za-z0-9_.-]+"
+    r"|arn:aws[a-z-]*:s3:::[a-z0-9.-]{3,63}"
+    r"|s3://[a-z0-9.-]{3,63}(/\S*)?"
+    r"|sql"
+    r"|file:///\S+",
+    "must be an SQS or SNS ARN, an S3 bucket (arn:aws:s3:::bucket or s3://bucket/prefix), "
+    "sql, or file:///path.jsonl",
+)
+
+
+class OnFailureConfig(ConfigModel):
+    """Where records go once retries are exhausted or they are too old."""
+
+    destination: Annotated[str, _DESTINATION]
+    """DestinationConfig.OnFailure.Destination: SQS/SNS ARN (metadata), S3, sql or file."""
+
+
+class DestinationConfig(ConfigModel):
+    """DestinationConfig."""
+
+    on_failure: OnFailureConfig
+
+
+def _record_age(value: int) -> int:
+    if value != -1 and not 60 <= value <= 604_800:
+        raise PydanticCustomError("record_age", "must be -1 or 60..604800")
+    return value
+
+
+class FilterConfig(ConfigModel):
+    """One filter: an event pattern in Lambda's filter syntax, as a JSON string."""
+
+    pattern: Annotated[str, AfterValidator(validate_pattern)]
+    """FilterCriteria.Filters[].Pattern."""
+
+
+class FilterCriteriaConfig(ConfigModel):
+    """FilterCriteria: a record is processed when it matches any filter."""
+
+    filters: tuple[FilterConfig, ...] = Field(default=(), max_length=MAX_FILTERS)
+
+
+class ProcessorConfig(ConfigModel):
+    """One stream -> one handler, like one Lambda event source mapping."""
+
+    name: Name
+    """Unique; also the checkpoint namespace, so renaming starts over."""
+    source: SourceConfig
+    handler: Annotated[str, AfterValidator(_handler)]
+    """Lambda's file.function (app.orders.handler) or module:attribute, imported with the
+    config file's directory on sys.path."""
+    starting_position: StartingPosition
+    """StartingPosition: where to begin on a stream never read before."""
+    batch_size: Int = Field(default=100, ge=1, le=10_000)
+    """BatchSize: most records per invocation."""
+    maximum_batching_window_in_seconds: Seconds = Field(default=0.0, ge=0, le=300)
+    """MaximumBatchingWindowInSeconds: wait up to this long to fill a batch."""
+    enabled: bool = True
+    """Enabled: false pauses the processor, keeping its position."""
+    timeout_seconds: Seconds = Field(default=900.0, ge=1, le=900)
+    """The Lambda function's Timeout: a longer invocation fails the batch."""
+    on_trimmed_data: Literal["trim_horizon", "stop"] = "trim_horizon"
+    """On TrimmedDataAccessException: log and count the gap, resume at TRIM_HORIZON; or stop."""
+    maximum_retry_attempts: Int = Field(default=-1, ge=-1, le=10_000)
+    """MaximumRetryAttempts: retries of a failed batch; -1 retries until the record expires."""
+    bisect_batch_on_function_error: bool = False
+    """BisectBatchOnFunctionError: split a failed batch in two and retry each half."""
+    function_response_types: tuple[Literal["ReportBatchItemFailures"], ...] = ()
+    """FunctionResponseTypes: [ReportBatchItemFailures] lets the handler name failed records."""
+    maximum_record_age_in_seconds: Annotated[Int, AfterValidator(_record_age)] = -1
+    """MaximumRecordAgeInSeconds: older records skip the handler and go to the destination;
+    -1 (the default) is infinite: age never discards a record."""
+    destination_config: DestinationConfig | None = None
+    """DestinationConfig.OnFailure: where exhausted or too-old records are sent."""
+    tumbling_window_in_seconds: Int = Field(default=0, ge=0, le=900)
+    """TumblingWindowInSeconds: stateful windows of this length; 0 turns them off."""
+    parallelization_factor: Int = Field(default=1, ge=1, le=10)
+    """ParallelizationFactor: batches of one shard in flight at once (one item stays in order)."""
+    payload_limit_bytes: Int = Field(default=6 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    """Largest event JSON per invocation (Lambda: 6 MB); a bigger record goes to the destination."""
+    filter_criteria: FilterCriteriaConfig | None = None
+    """FilterCriteria: records matching no filter are consumed without invoking the handler."""
+    max_poll_interval_seconds: Seconds = Field(default=3.0, ge=0.25, le=300)
+    """Longest pause between GetRecords calls on an idle shard (4 polls/s while busy)."""
+
+    @model_validator(mode="after")
+    def _windows_need_one_lane(self) -> ProcessorConfig:
+        if self.tumbling_window_in_seconds and self.parallelization_factor > 1:
+            raise ValueError(
+                "tumbling_window_in_seconds needs parallelization_factor 1 "
+                "(a window's state follows the shard's order)"
+            )
+        return self
+
+    @property
+    def reports_batch_item_failures(self) -> bool:
+        return "ReportBatchItemFailures" in self.function_response_types
+
+    @field_validator("starting_position", mode="before")
+    @classmethod
+    def _not_at_timestamp(cls, value: object) -> object:
+        if value == "AT_TIMESTAMP":
+            raise ValueError("AT_TIMESTAMP is Kinesis-only; use TRIM_HORIZON or LATEST")
+        return value

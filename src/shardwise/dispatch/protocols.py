@@ -1,0 +1,55 @@
+"""What dispatch reads from and writes to: the ``ShardSource`` and ``Checkpointer`` protocols.
+
+Dispatch owns these interfaces and imports neither ``shardwise.sources`` nor
+``shardwise.leases``: a stream source (``sources/``: DynamoDB Streams today, Kinesis later)
+implements ``ShardSource`` and translates its API's errors into
+``shardwise.errors.SourceError`` subclasses; the lease's ``FencedCheckpointer`` (``leases/``)
+implements ``Checkpointer`` and raises ``LeaseLostError`` once the lease is gone. The runner
+wires the two to a ``ShardConsumer``.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from shardwise.records import Position, RecordPage, SequenceNumber, ShardId, ShardListing
+
+__all__ = ["MAX_RECORDS_PER_CALL", "Checkpointer", "ShardSource"]
+
+# GetRecords returns at most this many records per call (and at most 1 MB).
+MAX_RECORDS_PER_CALL = 1000
+
+
+class ShardSource(Protocol):
+    """Lists the shards of one stream and reads them."""
+
+    @property
+    def stream_arn(self) -> str: ...
+
+    async def describe(self) -> ShardListing:
+        """The stream's status and every shard currently in it (all pages)."""
+        ...
+
+    async def get_iterator(self, shard_id: ShardId, position: Position) -> str:
+        """An iterator for ``shard_id`` at ``position``."""
+        ...
+
+    async def get_records(self, shard_id: ShardId, iterator: str, limit: int) -> RecordPage:
+        """The next page of records, in the handler's record shape."""
+        ...
+
+
+class Checkpointer(Protocol):
+    """Durable positions of one processor on one stream."""
+
+    async def save(self, shard_id: ShardId, sequence_number: SequenceNumber) -> None: ...
+
+    async def save_window(
+        self, shard_id: ShardId, sequence_number: SequenceNumber | None, window_state: str | None
+    ) -> None:
+        """The checkpoint (None: unchanged) and the open tumbling window, in one write."""
+
+    async def window_state(self) -> str | None:
+        """The open tumbling window stored with the checkpoint."""
+
+    async def finish(self, shard_id: ShardId, sequence_number: SequenceNumber | None) -> None: ...

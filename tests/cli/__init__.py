@@ -1,0 +1,1 @@
+"""Tests of shardwise.cli: every operator command, its output and exit codes."""
