@@ -37,7 +37,9 @@ async def to_completion(work: Coroutine[Any, Any, T]) -> T:
 
 class TaskScope:
     """A TaskGroup entered by ``open()`` and left by ``close()``, which cancels its tasks and
-    waits for them. As in any TaskGroup, a task that fails cancels the task that opened it."""
+    waits for them. Open and close it from the same task (an ``__aenter__``/``__aexit__``
+    pair, as its users do): as in any TaskGroup, a task that fails cancels the task that
+    opened it."""
 
     def __init__(self) -> None:
         self._stack = AsyncExitStack()

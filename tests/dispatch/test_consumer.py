@@ -81,8 +81,20 @@ class Handler(_Lifecycle):
         return None
 
 
+class _NoWindows:
+    """The tumbling-window part of the Checkpointer protocol, unused by these tests."""
+
+    async def save_window(
+        self, shard_id: ShardId, sequence_number: SequenceNumber | None, window_state: str | None
+    ) -> None:
+        raise NotImplementedError
+
+    async def window_state(self) -> str | None:
+        return None
+
+
 @dataclass
-class GatedCheckpointer:
+class GatedCheckpointer(_NoWindows):
     """Each save waits until the test opens its gate; ``durable`` lists completed saves."""
 
     gates: dict[str, asyncio.Event] = field(default_factory=dict)
@@ -99,14 +111,6 @@ class GatedCheckpointer:
         if sequence_number == self.lose_lease_at:
             raise LeaseLostError(f"lease of {shard_id} lost", shard_id=shard_id)
         self.durable.append(sequence_number)
-
-    async def save_window(
-        self, shard_id: ShardId, sequence_number: SequenceNumber | None, window_state: str | None
-    ) -> None:
-        raise NotImplementedError
-
-    async def window_state(self) -> str | None:
-        return None
 
     async def finish(self, shard_id: ShardId, sequence_number: SequenceNumber | None) -> None:
         self.durable.append(f"finished after {sequence_number}")
@@ -225,19 +229,11 @@ class BacklogHandler(_Lifecycle):
 
 
 @dataclass
-class MemoryCheckpointer:
+class MemoryCheckpointer(_NoWindows):
     saved: list[str] = field(default_factory=list)
 
     async def save(self, shard_id: ShardId, sequence_number: SequenceNumber) -> None:
         self.saved.append(sequence_number)
-
-    async def save_window(
-        self, shard_id: ShardId, sequence_number: SequenceNumber | None, window_state: str | None
-    ) -> None:
-        raise NotImplementedError
-
-    async def window_state(self) -> str | None:
-        return None
 
     async def finish(self, shard_id: ShardId, sequence_number: SequenceNumber | None) -> None:
         self.saved.append(f"finished after {sequence_number}")

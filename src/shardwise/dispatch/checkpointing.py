@@ -60,18 +60,7 @@ class ShardCheckpoints:
 
     async def batch(self, batch: Batch) -> bool:
         """``batch`` is resolved (processed, or stored in the on-failure destination)."""
-        sequence = batch.last_sequence_number
-        started = time.monotonic()
-        saved = await self._write(
-            "checkpoint", lambda: self._checkpointer.save(self._shard_id, sequence)
-        )
-        if not saved:
-            return False
-        self.checkpointed = sequence
-        self._progress.checkpointed(
-            self._shard_id, sequence, len(batch), _created(batch), time.monotonic() - started
-        )
-        return True
+        return await self.lanes(batch.last_sequence_number, batch)
 
     async def window(
         self, sequence: SequenceNumber | None, window_state: str | None, run: Batch | None
@@ -96,14 +85,11 @@ class ShardCheckpoints:
         return True
 
     async def lanes(self, mark: SequenceNumber | None, part: Batch | None) -> bool:
-        """The lanes' watermark moved (``mark``) and/or a lane resolved ``part``."""
+        """The lanes' watermark moved (``mark``) and/or a lane resolved ``part``; with one
+        lane, the mark is the part's last record (``batch``)."""
         started = time.monotonic()
-        if mark is not None:
-            if not await self._write(
-                "checkpoint", lambda: self._checkpointer.save(self._shard_id, mark)
-            ):
-                return False
-            self.checkpointed = mark
+        if mark is not None and not await self._save(mark):
+            return False
         if part is not None:
             self._progress.checkpointed(
                 self._shard_id,
@@ -119,12 +105,7 @@ class ShardCheckpoints:
         all filtered out. Move the checkpoint over them (they are consumed)."""
         if last_read is None or last_read == self.checkpointed:
             return True
-        if not await self._write(
-            "checkpoint", lambda: self._checkpointer.save(self._shard_id, last_read)
-        ):
-            return False
-        self.checkpointed = last_read
-        return True
+        return await self._save(last_read)
 
     async def finish(self, last_read: SequenceNumber | None) -> bool:
         """The shard is closed and read to its end: mark it finished so its children start."""
@@ -134,6 +115,15 @@ class ShardCheckpoints:
             return False
         self._progress.finished(self._shard_id)
         log.info("shard finished", last_sequence=last_read)
+        return True
+
+    async def _save(self, sequence: SequenceNumber) -> bool:
+        """Checkpoint at ``sequence``; False when stopping first."""
+        if not await self._write(
+            "checkpoint", lambda: self._checkpointer.save(self._shard_id, sequence)
+        ):
+            return False
+        self.checkpointed = sequence
         return True
 
     async def _write(self, what: str, write: Write) -> bool:

@@ -22,12 +22,17 @@ from types import TracebackType
 from typing import Any, Final
 
 from sqlalchemy import ColumnElement, Executable, Row, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shardwise.records import Position, SequenceNumber, ShardId, StartingPosition
-from shardwise.store.engine import map_store_errors, open_engine, redact_url, writer
+from shardwise.store.engine import (
+    insert_unless_present,
+    map_store_errors,
+    open_engine,
+    redact_url,
+    writer,
+)
 from shardwise.store.fenced_writes import CheckpointWriter, FencedCheckpoints
 from shardwise.store.leases import LeaseRows
 from shardwise.store.migrate import require_head, upgrade_engine
@@ -109,17 +114,7 @@ def _ordering(dialect: str) -> tuple[ColumnElement[str], ...]:
 
 def _insert_missing(dialect: str) -> Executable:
     """INSERT ... ON CONFLICT DO NOTHING RETURNING shard_id: only new rows come back."""
-    if dialect == "postgresql":
-        return (
-            postgresql.insert(checkpoints)
-            .on_conflict_do_nothing(index_elements=_KEY)
-            .returning(checkpoints.c.shard_id)
-        )
-    return (
-        sqlite.insert(checkpoints)
-        .on_conflict_do_nothing(index_elements=_KEY)
-        .returning(checkpoints.c.shard_id)
-    )
+    return insert_unless_present(dialect, checkpoints, _KEY).returning(checkpoints.c.shard_id)
 
 
 class CheckpointStore:

@@ -25,14 +25,16 @@ from __future__ import annotations
 import contextlib
 import re
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Final, TypeAlias
 
 import asyncpg
-from sqlalchemy import Executable, event
+from sqlalchemy import Column, Executable, Table, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, CursorResult, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql.dml import Insert
 
 from shardwise.errors import StoreError
 
@@ -40,6 +42,7 @@ __all__ = [
     "SQLITE_BUSY_TIMEOUT_MS",
     "Execute",
     "failure",
+    "insert_unless_present",
     "map_store_errors",
     "open_engine",
     "parse_store_url",
@@ -222,3 +225,12 @@ def _scrub(message: str, url: str | URL) -> str:
         if isinstance(password, str) and len(password) >= 4:
             message = message.replace(password, "***")
     return message
+
+
+def insert_unless_present(dialect: str, table: Table, key: Iterable[Column[Any]]) -> Insert:
+    """INSERT ... ON CONFLICT (key) DO NOTHING, in ``dialect``'s words (PostgreSQL or SQLite):
+    a row whose key is already there is left as it is and no error is raised. Only that
+    key's conflict is ignored (unlike SQLite's INSERT OR IGNORE, which would also drop a row
+    breaking a NOT NULL)."""
+    insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    return insert.on_conflict_do_nothing(index_elements=list(key))

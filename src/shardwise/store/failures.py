@@ -19,12 +19,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Row, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.dml import Insert
 
 from shardwise.records import ShardId
-from shardwise.store.engine import map_store_errors, writer
+from shardwise.store.engine import insert_unless_present, map_store_errors, writer
 from shardwise.store.models import failures
 
 __all__ = ["FailureRow", "FailureStore"]
@@ -67,19 +66,9 @@ def _row(row: Row[Any]) -> FailureRow:
 
 def _insert_once(dialect: str) -> Insert:
     """INSERT ... ON CONFLICT (request_id) DO NOTHING RETURNING id: a repeated request adds
-    no row and returns none. Only the request id's conflict is ignored (unlike SQLite's
-    INSERT OR IGNORE, which would also drop a row breaking a NOT NULL)."""
-    conflict = [failures.c.request_id]
-    if dialect == "postgresql":
-        return (
-            postgresql.insert(failures)
-            .on_conflict_do_nothing(index_elements=conflict)
-            .returning(failures.c.id)
-        )
-    return (
-        sqlite.insert(failures)
-        .on_conflict_do_nothing(index_elements=conflict)
-        .returning(failures.c.id)
+    no row and returns none."""
+    return insert_unless_present(dialect, failures, [failures.c.request_id]).returning(
+        failures.c.id
     )
 
 

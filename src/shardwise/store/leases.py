@@ -34,11 +34,10 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shardwise.records import Position, SequenceNumber, ShardId, StartingPosition
-from shardwise.store.engine import Execute, map_store_errors, writer
+from shardwise.store.engine import Execute, insert_unless_present, map_store_errors, writer
 from shardwise.store.models import checkpoints, leaders, workers
 
 __all__ = ["LeaseRows", "Renewal", "StoredLease", "StoredLeases", "Taken"]
@@ -92,14 +91,6 @@ class Renewal:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _insert_or_nothing(dialect: str, table: Any) -> Any:
-    """INSERT ... ON CONFLICT DO NOTHING on the table's primary key."""
-    module = postgresql if dialect == "postgresql" else sqlite
-    return module.insert(table).on_conflict_do_nothing(
-        index_elements=list(table.primary_key.columns)
-    )
 
 
 def _stored_lease(row: Row[Any]) -> StoredLease:
@@ -271,9 +262,9 @@ class LeaseRows:
         counter, or None when another worker came first."""
         statement: Any
         if seen is None:
-            statement = _insert_or_nothing(self._dialect, leaders).values(
-                **self._scope, owner=self.worker_id, lease_counter=1, updated_at=_now()
-            )
+            statement = insert_unless_present(
+                self._dialect, leaders, leaders.primary_key.columns
+            ).values(**self._scope, owner=self.worker_id, lease_counter=1, updated_at=_now())
         else:
             statement = (
                 update(leaders)
@@ -299,7 +290,9 @@ class LeaseRows:
             .values(heartbeat=workers.c.heartbeat + 1, updated_at=now)
         )
         if (await self._execute(connection, beat)).rowcount == 0:
-            first = _insert_or_nothing(self._dialect, workers).values(
+            first = insert_unless_present(
+                self._dialect, workers, workers.primary_key.columns
+            ).values(
                 **self._scope,
                 worker_id=self.worker_id,
                 heartbeat=1,
