@@ -20,6 +20,7 @@ from mypy_boto3_dynamodb.literals import StreamViewTypeType
 
 from shardwise.config import Settings, parse_config
 from shardwise.supervisor import Supervisor
+from shardwise.testing import ScriptedStream, StreamsServer
 
 # A stock Lambda handler, as a user writes it: appends each record to a JSON-lines file.
 RECORDING_HANDLER = """
@@ -149,3 +150,14 @@ def command_running(
         if process.poll() is None:
             process.kill()
         process.communicate()
+
+
+def one_shard_stream(
+    server: StreamsServer, records: int, table: str = "Orders"
+) -> tuple[ScriptedStream, str]:
+    """A new stream of ``table`` with its one shard holding ``records`` records: the stream
+    and the shard's id."""
+    stream = server.create_stream(table)
+    [shard] = stream.shard_ids
+    stream.put_many(shard, records)
+    return stream, shard

@@ -12,7 +12,7 @@ import pytest
 from shardwise.config import load_config
 from shardwise.supervisor import Supervisor
 from shardwise.testing import StreamsServer
-from tests.e2e import read_jsonl, recording_handler, wait_until, write_module
+from tests.e2e import one_shard_stream, read_jsonl, recording_handler, wait_until, write_module
 
 # A class processor whose invocations never finish (the drain deadline cancels them) and
 # whose teardown takes a moment: each step is noted, in order, in one file.
@@ -83,9 +83,7 @@ class TestReload:
     async def test_add_remove_change(
         self, tmp_path: Path, server: StreamsServer, sqlite_url: str
     ) -> None:
-        stream = server.create_stream("Orders")
-        [shard] = stream.shard_ids
-        stream.put_many(shard, 10)
+        stream, shard = one_shard_stream(server, 10)
         keep_handler, keep_out = recording_handler(tmp_path, "keep.jsonl")
         drop_handler, drop_out = recording_handler(tmp_path, "drop.jsonl")
         change_handler, change_out = recording_handler(tmp_path, "change.jsonl")
@@ -157,9 +155,7 @@ class TestReload:
     ) -> None:
         """A changed processor whose drain runs past the deadline is cancelled, and its old
         runner has released everything and torn down before the new one sets up."""
-        stream = server.create_stream("Orders")
-        [shard] = stream.shard_ids
-        stream.put_many(shard, 2)
+        stream, _ = one_shard_stream(server, 2)
         module = write_module(tmp_path, "stuck_handler", STUCK_HANDLER.format(out="steps.txt"))
         steps = tmp_path / "steps.txt"
         config = tmp_path / "shardwise.yaml"

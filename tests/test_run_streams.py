@@ -15,7 +15,15 @@ from shardwise.records import ShardId
 from shardwise.store import CheckpointStore, ShardCheckpoint
 from shardwise.supervisor import Supervisor
 from shardwise.testing import ScriptedStream, StreamsServer
-from tests.e2e import read_jsonl, recording_handler, running, settings_for, wait_until, write_module
+from tests.e2e import (
+    one_shard_stream,
+    read_jsonl,
+    recording_handler,
+    running,
+    settings_for,
+    wait_until,
+    write_module,
+)
 
 
 @pytest.fixture
@@ -123,9 +131,7 @@ class TestLineage:
     ) -> None:
         """The sync leader cannot read the lease table (a database restart): it retries
         instead of failing the processor, and the shards are read once the store is back."""
-        stream = server.create_stream("Orders")
-        [shard] = stream.shard_ids
-        stream.put_many(shard, 5)
+        stream, shard = one_shard_stream(server, 5)
         outage = {"left": 2}
         load = CheckpointStore.load
 
@@ -210,9 +216,7 @@ class TestFaults:
         times: int,
         transport: str,
     ) -> None:
-        stream = server.create_stream("Orders")
-        [shard] = stream.shard_ids
-        stream.put_many(shard, 30)
+        stream, shard = one_shard_stream(server, 30)
         handler, out = recording_handler(tmp_path)
         settings = configure(handler, stream.arn, extra="batch_size: 10", transport=transport)
         server.fail(operation, code, times=times)
@@ -229,9 +233,7 @@ class TestFaults:
         self, tmp_path: Path, server: StreamsServer, configure: Configure
     ) -> None:
         """With a batching window, records read but not yet delivered are not read twice."""
-        stream = server.create_stream("Orders")
-        [shard] = stream.shard_ids
-        stream.put_many(shard, 3)
+        stream, shard = one_shard_stream(server, 3)
         handler, out = recording_handler(tmp_path)
         settings = configure(
             handler,
@@ -252,9 +254,7 @@ class TestTrimmedData:
     async def _checkpoint_some(
         self, tmp_path: Path, server: StreamsServer, configure: Configure, extra: str = ""
     ) -> tuple[ScriptedStream, str, str, Path]:
-        stream = server.create_stream("Orders")
-        [shard] = stream.shard_ids
-        stream.put_many(shard, 5)
+        stream, shard = one_shard_stream(server, 5)
         handler, out = recording_handler(tmp_path)
         settings = configure(handler, stream.arn, extra=extra)
         async with running(settings):
@@ -321,9 +321,7 @@ class TestHandlerFailures:
     async def test_retried_until_success_in_order(
         self, tmp_path: Path, server: StreamsServer, configure: Configure
     ) -> None:
-        stream = server.create_stream("Orders")
-        [shard] = stream.shard_ids
-        stream.put_many(shard, 12)
+        stream, shard = one_shard_stream(server, 12)
         write_module(
             tmp_path,
             "flaky",
@@ -351,9 +349,7 @@ class TestHandlerFailures:
     async def test_timeout_fails_the_batch(
         self, tmp_path: Path, server: StreamsServer, configure: Configure
     ) -> None:
-        stream = server.create_stream("Orders")
-        [shard] = stream.shard_ids
-        stream.put_many(shard, 2)
+        stream, shard = one_shard_stream(server, 2)
         write_module(
             tmp_path,
             "slow_once",
@@ -508,9 +504,7 @@ class TestReadAhead:
     async def test_backlog_with_faults_exactly_once(
         self, tmp_path: Path, server: StreamsServer, configure: Configure, code: str
     ) -> None:
-        stream = server.create_stream("Orders")
-        [shard] = stream.shard_ids
-        stream.put_many(shard, 4500)
+        stream, shard = one_shard_stream(server, 4500)
         handler, out = recording_handler(tmp_path)
         settings = configure(handler, stream.arn, extra="batch_size: 700")
         server.fail("GetRecords", code, times=None)

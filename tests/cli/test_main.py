@@ -19,7 +19,7 @@ from shardwise import __version__
 from shardwise.cli import main
 from shardwise.testing import StreamsServer
 from tests.conftest import free_port
-from tests.e2e import read_jsonl, recording_handler, write_module
+from tests.e2e import one_shard_stream, read_jsonl, recording_handler, write_module
 
 
 @pytest.fixture
@@ -230,9 +230,7 @@ class TestRunAndSigterm:
     def test_sigterm_mid_stream_loses_and_repeats_nothing(
         self, tmp_path: Path, server: StreamsServer
     ) -> None:
-        stream = server.create_stream("Orders")
-        [shard] = stream.shard_ids
-        stream.put_many(shard, 300)
+        stream, shard = one_shard_stream(server, 300)
         write_module(
             tmp_path,
             "slow",
@@ -331,9 +329,7 @@ class TestRunServesHealthAndMetrics:
     """`shardwise run` serves /healthz, /readyz and /metrics on http.bind."""
 
     def test_endpoints(self, tmp_path: Path, server: StreamsServer) -> None:
-        stream = server.create_stream("Orders")
-        [shard] = stream.shard_ids
-        stream.put_many(shard, 5)
+        stream, _ = one_shard_stream(server, 5)
         handler, out = recording_handler(tmp_path)
         port = free_port()
         store = f"sqlite+aiosqlite:///{tmp_path / 'cp.db'}"
@@ -397,9 +393,7 @@ class TestSighup:
     """SIGHUP to `shardwise run` applies the config file's processors again."""
 
     def test_sighup_adds_a_processor(self, tmp_path: Path, server: StreamsServer) -> None:
-        stream = server.create_stream("Orders")
-        [shard] = stream.shard_ids
-        stream.put_many(shard, 5)
+        stream, _ = one_shard_stream(server, 5)
         handler, out = recording_handler(tmp_path, "first.jsonl")
         second, second_out = recording_handler(tmp_path, "second.jsonl")
         store = f"sqlite+aiosqlite:///{tmp_path / 'cp.db'}"
