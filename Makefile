@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CONSTRAINTS := requirements/constraints.txt
 DEV_CONSTRAINTS := requirements/constraints-dev.txt
 
-.PHONY: demo test lint typecheck bench bench-soak lock clean
+.PHONY: demo demo-node test lint typecheck node-functions bench bench-soak lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ $(VENV)/.dev-installed: pyproject.toml $(DEV_CONSTRAINTS) | $(BIN)/python
 demo: $(VENV)/.demo-installed
 	$(BIN)/shardwise demo
 
+# The same demo with AWS's documented Node.js handler (examples/node) through the Runtime API.
+demo-node: $(VENV)/.demo-installed node-functions
+	$(BIN)/shardwise demo --node $(NODE_FUNCTIONS)
+
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check src tests examples bench
 	$(BIN)/ruff format --check src tests examples bench
@@ -32,7 +36,17 @@ lint: $(VENV)/.dev-installed
 typecheck: $(VENV)/.dev-installed
 	$(BIN)/mypy
 
-test: lint typecheck
+# The Node.js example's aws-lambda-ric (the demo's and the tests' Node.js functions run through it),
+# which npm builds from source (curl, aws-lambda-cpp and a native addon: about 35 s on 2 cores):
+# npm ci runs again only when the lockfile changes.
+NODE_FUNCTIONS := examples/node
+$(NODE_FUNCTIONS)/node_modules/.installed: $(NODE_FUNCTIONS)/package.json $(NODE_FUNCTIONS)/package-lock.json
+	cd $(NODE_FUNCTIONS) && npm ci --no-audit --no-fund
+	touch $@
+
+node-functions: $(NODE_FUNCTIONS)/node_modules/.installed
+
+test: lint typecheck node-functions
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.dev-installed
@@ -52,4 +66,4 @@ lock: | $(BIN)/python
 	$(UV_COMPILE) --extra dev --extra demo --output-file $(DEV_CONSTRAINTS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache $(NODE_FUNCTIONS)/node_modules

@@ -30,7 +30,16 @@ from typing import Any, Final
 from bench.plans import FULL, QUICK, Plan
 from bench.report import CaseResult, render_table, to_json
 
-CASES: Final = ("throughput", "pages", "latency", "checkpoints", "scale", "processes", "cost")
+CASES: Final = (
+    "throughput",
+    "pages",
+    "latency",
+    "checkpoints",
+    "scale",
+    "processes",
+    "runtimes",
+    "cost",
+)
 BACKGROUND: Final = frozenset({"cost"})  # waits more than it works: runs beside the others
 OPT_IN: Final = ("soak",)  # only with --only: the full soak runs for 10 minutes
 RESULTS: Final = Path(__file__).parent / "results"
@@ -57,6 +66,7 @@ def _case(name: str, plan: Plan, workdir: Path) -> Coroutine[Any, Any, CaseResul
         pages,
         processes,
         profiling,
+        runtimes,
         scale,
         soak,
         throughput,
@@ -70,6 +80,7 @@ def _case(name: str, plan: Plan, workdir: Path) -> Coroutine[Any, Any, CaseResul
         "scale": lambda: scale.run(plan.scale, workdir),
         "cost": lambda: cost.run(plan.cost, workdir),
         "processes": lambda: processes.run(plan.processes, workdir),
+        "runtimes": lambda: runtimes.run(plan.runtimes, workdir),
         "profile": lambda: profiling.run(plan.throughput[0], workdir, RESULTS),
         "soak": lambda: soak.run(plan.soak, workdir),
     }

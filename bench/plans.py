@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bench.processes import ProcessesPlan
+from bench.runtimes import RuntimesPlan
 from bench.throughput import ThroughputPlan
 
 __all__ = [
@@ -82,6 +83,9 @@ class Plan:
     processes: ProcessesPlan = field(
         default_factory=lambda: ProcessesPlan(shards=8, records_per_shard=8_000)
     )
+    runtimes: RuntimesPlan = field(
+        default_factory=lambda: RuntimesPlan(invocations=2000, batch_sizes=(1, 100))
+    )
 
 
 FULL = Plan(
@@ -104,4 +108,5 @@ QUICK = Plan(
     pages=PagesPlan(10, alive=(1, 8)),
     soak=SoakPlan(4.0, 0.5, 1.0, 4, 2_000.0),
     processes=ProcessesPlan(shards=8, records_per_shard=100, timeout_s=60.0),
+    runtimes=RuntimesPlan(invocations=50, batch_sizes=(1, 10), rounds=1),
 )

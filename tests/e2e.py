@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -113,15 +114,16 @@ async def wait_until(
 
 
 def create_table(
-    endpoint_url: str, view_type: StreamViewTypeType = "NEW_AND_OLD_IMAGES"
+    endpoint_url: str, view_type: StreamViewTypeType = "NEW_AND_OLD_IMAGES", *, key: str = "id"
 ) -> tuple[Any, str]:
-    """A table with a stream on the given endpoint; returns (boto3 table resource, name)."""
+    """A table with a stream on the given endpoint, keyed by the string attribute ``key``;
+    returns (boto3 table resource, name)."""
     name = f"t{uuid.uuid4().hex[:10]}"
     client = boto3.client("dynamodb", endpoint_url=endpoint_url, region_name="us-east-1")
     client.create_table(
         TableName=name,
-        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": key, "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": key, "AttributeType": "S"}],
         BillingMode="PAY_PER_REQUEST",
         StreamSpecification={"StreamEnabled": True, "StreamViewType": view_type},
     )
@@ -150,6 +152,56 @@ def command_running(
         if process.poll() is None:
             process.kill()
         process.communicate()
+
+
+def shardwise_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m shardwise ARGS`` to its end (no stdin, output captured as text)."""
+    return subprocess.run(
+        [sys.executable, "-m", "shardwise", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+        check=False,
+    )
+
+
+@contextmanager
+def daemon(config: Path, output: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``shardwise run`` as a user starts it, in the config's directory, its output appended
+    to a file (no pipe to fill up); killed if still running when the block ends."""
+    with output.open("ab") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "shardwise", "run", "-c", str(config)],
+            cwd=config.parent,
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def wait_for(
+    predicate: Callable[[], bool],
+    process: subprocess.Popen[bytes],
+    output: Path,
+    what: str,
+    timeout_s: float = 30.0,
+) -> None:
+    """Poll ``predicate`` while a daemon runs (no asyncio loop in a subprocess test); its
+    output is in the failure message."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert process.poll() is None, f"shardwise exited waiting for {what}:\n{output.read_text()}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{output.read_text()}"
+        time.sleep(0.05)
 
 
 def one_shard_stream(

@@ -32,6 +32,7 @@ MODULES = (
     "bench.processes",
     "bench.profiling",
     "bench.report",
+    "bench.runtimes",
     "bench.scale",
     "bench.soak",
     "bench.throughput",
@@ -56,6 +57,7 @@ class TestBenchSmoke:
             "checkpoints",
             "scale",
             "processes",
+            "runtimes",
             "cost",
         }
         for case in cases.values():

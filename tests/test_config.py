@@ -6,7 +6,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import yaml
@@ -218,7 +218,6 @@ class TestValues:
             ("name", "-orders", "must be 1-128 characters"),
             ("name", "x" * 129, "must be 1-128 characters"),
             ("name", DROP, "required"),
-            ("handler", DROP, "required"),
             ("starting_position", DROP, "required"),
             ("source", DROP, "required"),
             ("source", "Orders", "must be a mapping"),
@@ -478,6 +477,81 @@ class TestDuplicateNames:
         proc = parse(config_text()).processors[0]
         with pytest.raises(ValidationError, match=r"processors\[1\] repeats processors\[0\]"):
             Settings(processors=(proc, proc))
+
+
+class TestFunctionKinds:
+    """A processor runs exactly one function: a Python handler, a runtime, or an invoke URL."""
+
+    RUNTIME: ClassVar[dict[str, Any]] = {
+        "command": ["node", "node_modules/aws-lambda-ric/index.mjs", "index.handler"]
+    }
+
+    def test_runtime(self) -> None:
+        runtime = {**self.RUNTIME, "environment": {"TABLE": "orders", "RETRIES": 3, "DEBUG": True}}
+        entry = processor(handler=DROP, runtime=runtime)
+        config = parse(config_text(entry)).processors[0]
+        assert config.handler is None and config.runtime is not None
+        assert config.runtime.lambda_handler == "index.handler"
+        assert config.runtime.environment == {"TABLE": "orders", "RETRIES": "3", "DEBUG": "true"}
+        assert (config.runtime.memory_mb, config.runtime.init_timeout_seconds) == (128, 10.0)
+        assert str(config.runtime.working_directory) == "."
+
+    def test_runtime_handler_setting(self) -> None:
+        bootstrap = {"command": ["./bootstrap"]}
+        config = parse(config_text(processor(handler=DROP, runtime=bootstrap))).processors[0]
+        assert config.runtime is not None and config.runtime.lambda_handler == ""
+        named = {"command": ["./bootstrap"], "handler": "function.handler"}
+        config = parse(config_text(processor(handler=DROP, runtime=named))).processors[0]
+        assert config.runtime is not None and config.runtime.lambda_handler == "function.handler"
+
+    def test_invoke(self) -> None:
+        url = "http://orders-fn:8080/2015-03-31/functions/function/invocations"
+        config = parse(config_text(processor(handler=DROP, invoke={"url": url}))).processors[0]
+        assert config.invoke is not None and config.invoke.url == url
+
+    @pytest.mark.parametrize(
+        ("overrides", "state"),
+        [
+            ({"handler": DROP}, "none is set"),
+            ({"runtime": RUNTIME}, "handler and runtime are set"),
+            ({"invoke": {"url": "http://fn:8080/"}}, "handler and invoke are set"),
+        ],
+    )
+    def test_exactly_one(self, overrides: dict[str, object], state: str) -> None:
+        (problem,) = problems(config_text(processor(**overrides)))
+        assert problem.startswith(
+            f"processors[0]: set exactly one of handler, runtime or invoke ({state})"
+        )
+        assert "runtime: a command that speaks the Lambda Runtime API" in problem
+
+    @pytest.mark.parametrize(
+        ("runtime", "where", "message"),
+        [
+            ({"command": []}, "runtime.command", "at least 1"),
+            ({}, "runtime.command", "required"),
+            (
+                {**RUNTIME, "environment": {"AWS_REGION": "x", "_HANDLER": "y"}},
+                "runtime.environment",
+                "sets AWS_REGION, _HANDLER, which the runtime sets itself (Lambda reserves them)",
+            ),
+            ({**RUNTIME, "environment": {"1X": "y"}}, "runtime.environment", "not a valid"),
+            ({**RUNTIME, "memory_mb": 64}, "runtime.memory_mb", "128"),
+            ({**RUNTIME, "memory_mb": 20_000}, "runtime.memory_mb", "10240"),
+            ({**RUNTIME, "init_timeout_seconds": 0}, "runtime.init_timeout_seconds", "0"),
+            ({**RUNTIME, "shutdown_grace_seconds": 61}, "runtime.shutdown_grace_seconds", "60"),
+            ({**RUNTIME, "image": "x"}, "runtime", "unknown key 'image'"),
+        ],
+    )
+    def test_runtime_problems(self, runtime: dict[str, object], where: str, message: str) -> None:
+        (problem,) = problems(config_text(processor(handler=DROP, runtime=runtime)))
+        assert problem.startswith(f"processors[0].{where}: "), problem
+        assert message in problem
+
+    def test_invoke_url_problem(self) -> None:
+        (problem,) = problems(
+            config_text(processor(handler=DROP, invoke={"url": "orders-fn:8080"}))
+        )
+        assert problem == "processors[0].invoke.url: must be an http:// or https:// URL"
 
 
 class TestManyProblems:

@@ -95,6 +95,24 @@ class TestRunDemo:
         assert f"checkpoint  {checkpoint}" in out
         assert demo.VIEW_DB_ENV not in os.environ
 
+    def test_node_function_through_the_runtime_api(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], isolated_process_state: None
+    ) -> None:
+        """--node: AWS's documented Node.js handler (examples/node) gets every write, in batches
+        through aws-lambda-ric, and the checkpoint moves as it does for the Python view."""
+        node = REPO / "examples" / "node"
+        if not (node / "node_modules" / "aws-lambda-ric" / "index.mjs").is_file():
+            pytest.fail("examples/node is not installed: run `make node-functions`")
+        assert run_demo(seconds=4, writes_per_second=25, workdir=tmp_path, node_dir=node) == 0
+
+        out = capsys.readouterr().out
+        written = number(r"written\s+(\d+) item writes", out)
+        processed = number(r"processed\s+(\d+) records", out)
+        assert written >= 50
+        assert processed == written
+        assert number(r"batches, (\d+) handler failures", out) == 0
+        assert re.search(r"checkpoint  \d+", out)
+
     def test_reuses_a_workdir_from_a_clean_slate(
         self, tmp_path: Path, isolated_process_state: None
     ) -> None:
@@ -114,6 +132,13 @@ class TestUnavailable:
         monkeypatch.setitem(sys.modules, "moto.server", None)
         assert run_demo(seconds=1, writes_per_second=10, workdir=tmp_path) == 2
         assert "pip install 'shardwise[demo]'" in capsys.readouterr().err
+
+    def test_node_dir_without_the_runtime_client(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        assert run_demo(seconds=1, writes_per_second=10, workdir=tmp_path, node_dir=tmp_path) == 2
+        err = capsys.readouterr().err
+        assert f"--node {tmp_path}" in err and "npm install aws-lambda-ric" in err
 
     def test_bad_rate(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         assert run_demo(seconds=1, writes_per_second=0, workdir=tmp_path) == 2

@@ -43,11 +43,11 @@ CONSTRAINTS = "requirements/constraints.txt"  # the image's pins (make lock)
 DEV_CONSTRAINTS = "requirements/constraints-dev.txt"  # make test's: plus the dev and demo extras
 
 
-def dockerfile() -> list[tuple[str, str]]:
+def dockerfile(path: Path = ROOT / "Dockerfile") -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
     instructions: list[tuple[str, str]] = []
     pending = ""
-    for raw in (ROOT / "Dockerfile").read_text().splitlines():
+    for raw in path.read_text().splitlines():
         line = raw.strip()
         if not pending and (not line or line.startswith("#")):
             continue
@@ -60,9 +60,9 @@ def dockerfile() -> list[tuple[str, str]]:
     return instructions
 
 
-def stages() -> list[list[tuple[str, str]]]:
+def stages(path: Path = ROOT / "Dockerfile") -> list[list[tuple[str, str]]]:
     result: list[list[tuple[str, str]]] = []
-    for keyword, arguments in dockerfile():
+    for keyword, arguments in dockerfile(path):
         if keyword == "FROM":
             result.append([])
         result[-1].append((keyword, arguments))
@@ -312,6 +312,48 @@ class TestEntrypoint:
         )
         assert result.returncode == 0, result.stderr
         assert helm_values()["config"] == yaml.safe_load(sample_config_text())
+
+
+class TestFunctionDeploys:
+    """deploy/functions: a Node.js function in the image, and a Lambda image as a sidecar."""
+
+    def test_node_image(self) -> None:
+        """Built FROM the shardwise image; node and the function (with its node_modules,
+        built where the compilers are) copied in where the runtime command finds them."""
+        builder, final = stages(DEPLOY / "functions" / "node.Dockerfile")
+        assert one(builder, "FROM").startswith("node:22-bookworm AS ")
+        assert any(a.startswith("npm ci --omit=dev") for k, a in builder if k == "RUN")
+        assert one(final, "FROM").startswith("shardwise:")
+        copies = [a for k, a in final if k == "COPY"]
+        assert "--from=node:22-bookworm-slim /usr/local/bin/node /usr/local/bin/node" in copies
+        [function] = [c for c in copies if c.startswith("--from=function ")]
+        destination = function.split()[-1]
+        text = (DEPLOY / "functions" / "node.Dockerfile").read_text()
+        assert f"working_directory: {destination}" in text
+        assert '"node_modules/aws-lambda-ric/index.mjs"' in text
+
+    def test_sidecar_config_and_pod_agree(self, tmp_path: Path) -> None:
+        """The config validates; its invoke URL is the sidecar's port on the pod's loopback,
+        and the emulator's timeout is the processor's."""
+        documents = list(
+            yaml.safe_load_all((DEPLOY / "functions" / "sidecar-deployment.yaml").read_text())
+        )
+        [config_map] = [d for d in documents if d["kind"] == "ConfigMap"]
+        [deployment] = [d for d in documents if d["kind"] == "Deployment"]
+        settings = parse_config(config_map["data"]["shardwise.yaml"], env=ENV)
+        [processor] = settings.processors
+        assert processor.invoke is not None and processor.handler is None
+        containers = {c["name"]: c for c in deployment["spec"]["template"]["spec"]["containers"]}
+        [port] = containers["function"]["ports"]
+        assert processor.invoke.url.startswith(f"http://127.0.0.1:{port['containerPort']}/")
+        assert processor.invoke.url.endswith("/2015-03-31/functions/function/invocations")
+        env = {e["name"]: e.get("value") for e in containers["function"]["env"]}
+        assert float(env["AWS_LAMBDA_FUNCTION_TIMEOUT"]) == processor.timeout_seconds
+        assert containers["shardwise"]["args"] == RUN_ARGS
+        path = tmp_path / "shardwise.yaml"
+        path.write_text(config_map["data"]["shardwise.yaml"])
+        result = shardwise("validate", "-c", str(path), env=ENV)
+        assert result.returncode == 0, result.stderr
 
 
 class TestManifestsParse:

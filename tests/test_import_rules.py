@@ -27,8 +27,10 @@ ALLOWED: dict[str, frozenset[str]] = {
     "clock": VOCABULARY,
     "tasks": VOCABULARY,
     "processors": VOCABULARY,
+    "runtimes": VOCABULARY | {"processors"},
     "store": VOCABULARY,
-    "config": VOCABULARY | {"dispatch", "processors", "store"},  # validates with their rules
+    "config": VOCABULARY | {"dispatch", "processors", "runtimes", "store"},  # their rules
+    "functions": VOCABULARY | {"config", "processors", "runtimes"},
     "aws": VOCABULARY | {"config"},
     "sources": VOCABULARY | {"aws", "config"},
     "leases": VOCABULARY | {"store"},
@@ -45,6 +47,7 @@ ALLOWED: dict[str, frozenset[str]] = {
         "config",
         "destinations",
         "dispatch",
+        "functions",
         "gc_policy",
         "leases",
         "observe",
@@ -58,13 +61,16 @@ ALLOWED: dict[str, frozenset[str]] = {
     "testing": VOCABULARY,
     "cli": VOCABULARY
     | {
+        "aws",
         "config",
         "demo",
         "destinations",
         "dispatch",
+        "functions",
         "leases",
         "observe",
         "processors",
+        "runtimes",
         "store",
         "supervisor",
         "workers",

@@ -31,6 +31,7 @@ __all__ = [
     "AWS_MAX_CONNECTIONS",
     "aws_client_config",
     "aws_session",
+    "credential_environment",
     "endpoint_override",
     "resolve_endpoint",
 ]
@@ -77,3 +78,17 @@ def resolve_endpoint(aws: AwsConfig, service: str, region: str) -> str:
     finally:
         client.close()
     return url
+
+
+async def credential_environment(session: AioSession) -> dict[str, str]:
+    """The session's current credentials as Lambda hands them to a function: environment
+    variables (none when the chain has no credentials). A refreshable chain (an assumed
+    role, a container or IRSA token) is refreshed by botocore before it expires."""
+    credentials = await session.get_credentials()
+    if credentials is None:
+        return {}
+    frozen = await credentials.get_frozen_credentials()
+    env = {"AWS_ACCESS_KEY_ID": frozen.access_key, "AWS_SECRET_ACCESS_KEY": frozen.secret_key}
+    if frozen.token:
+        env["AWS_SESSION_TOKEN"] = frozen.token
+    return env

@@ -6,7 +6,8 @@
     ├── ConfigError                      bad YAML or settings (names the YAML path)
     ├── HandlerImportError               the handler setting names nothing importable
     ├── HandlerError                     the handler raised or returned something invalid
-    │   └── HandlerTimeoutError          the handler ran past timeout_seconds
+    │   ├── HandlerTimeoutError          the handler ran past timeout_seconds
+    │   └── FunctionError                a runtime process or invoke URL reported an error
     ├── StoreError            retriable  the checkpoint store could not be reached / written
     │   └── StoreSchemaError             the schema is missing or newer than this release
     ├── LeaseLostError                   this worker no longer holds the shard's lease
@@ -28,6 +29,7 @@ from typing import ClassVar
 __all__ = [
     "ConfigError",
     "ExpiredIteratorError",
+    "FunctionError",
     "HandlerError",
     "HandlerImportError",
     "HandlerTimeoutError",
@@ -70,6 +72,21 @@ class HandlerError(ShardwiseError):
 
 class HandlerTimeoutError(HandlerError):
     """The handler did not finish within the processor's ``timeout_seconds``."""
+
+
+class FunctionError(HandlerError):
+    """A function outside this process failed an invocation, as Lambda reports it.
+
+    ``error_type`` is Lambda's: the function's own (``Error``, ``ValueError``) or the
+    runtime's (``Runtime.ExitError``, ``Runtime.ImportModuleError``,
+    ``Function.ResponseSizeTooLarge``); ``stack_trace`` is what the runtime sent, if anything.
+    """
+
+    def __init__(self, error_type: str, message: str, stack_trace: tuple[str, ...] = ()) -> None:
+        self.error_type = error_type
+        self.error_message = message
+        self.stack_trace = stack_trace
+        super().__init__(f"{error_type}: {message}" if message else error_type)
 
 
 class StoreError(ShardwiseError):

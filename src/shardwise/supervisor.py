@@ -13,6 +13,7 @@ checkpointed and will be delivered again). A second signal cancels at once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -23,16 +24,22 @@ from typing import Any
 import structlog
 from aiobotocore.session import AioSession
 
-from shardwise.aws import AWS_MAX_CONNECTIONS, aws_client_config, aws_session, endpoint_override
+from shardwise.aws import (
+    AWS_MAX_CONNECTIONS,
+    aws_client_config,
+    aws_session,
+    credential_environment,
+    endpoint_override,
+)
 from shardwise.clock import relay_first
 from shardwise.config import AwsConfig, ProcessorConfig, Settings, load_config
 from shardwise.destinations import open_destination
 from shardwise.dispatch.protocols import ShardSource
 from shardwise.errors import ConfigError, HandlerImportError, ShardwiseError, first_error
+from shardwise.functions import Function, open_processor, prepare
 from shardwise.gc_policy import GcPolicy
 from shardwise.leases import LeaseCoordinator
 from shardwise.observe.progress import ProcessorProgress
-from shardwise.processors import build_processor, import_handler, search_paths
 from shardwise.runner import ProcessorRunner
 from shardwise.sources.dynamodb import DynamoDBStreamsSource, resolve_stream_arn
 from shardwise.sources.dynamodb_raw import (
@@ -223,9 +230,8 @@ class Supervisor:
         if changed:
             log.warning("these sections change only on restart; not applied", sections=changed)
 
-    def _import(self, configs: list[ProcessorConfig]) -> dict[str, Any]:
-        paths = search_paths(self.settings.config_dir)
-        return {p.name: import_handler(p.handler, paths) for p in configs}
+    def _import(self, configs: list[ProcessorConfig]) -> dict[str, Function]:
+        return {p.name: prepare(p, self.settings.config_dir) for p in configs}
 
     async def _retire(self, name: str) -> None:
         """Drain one processor (bounded by the shutdown timeout) and forget it.
@@ -286,7 +292,7 @@ class Supervisor:
             )
         return connections
 
-    async def _launch(self, config: ProcessorConfig, target: Any, *, isolated: bool) -> None:
+    async def _launch(self, config: ProcessorConfig, target: Function, *, isolated: bool) -> None:
         """Start one processor's runner in the supervisor's TaskGroup.
 
         ``isolated`` (processors started by a reload): a failure is logged and recorded in
@@ -298,7 +304,7 @@ class Supervisor:
         self._running[config.name] = _Running(config, stop, task)
 
     async def _run_processor(
-        self, config: ProcessorConfig, target: Any, stop: asyncio.Event, isolated: bool
+        self, config: ProcessorConfig, target: Function, stop: asyncio.Event, isolated: bool
     ) -> None:
         try:
             async with AsyncExitStack() as resources, asyncio.TaskGroup() as tasks:
@@ -322,15 +328,19 @@ class Supervisor:
     async def _runner(
         self,
         config: ProcessorConfig,
-        target: Any,
+        target: Function,
         stop: asyncio.Event,
         resources: AsyncExitStack,
     ) -> ProcessorRunner:
         connections = self._connections
         assert connections is not None
         arn = await connections.stream_arn(config)
-        processor = build_processor(
-            config.name, target, stream_arn=arn, timeout_s=config.timeout_seconds
+        processor = open_processor(
+            config,
+            target,
+            stream_arn=arn,
+            region=connections.aws.region,
+            credentials=functools.partial(credential_environment, connections.session),
         )
         destination = None
         if config.destination_config is not None:

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import textwrap
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,25 +15,21 @@ from shardwise import __version__
 from shardwise.cli import main
 from shardwise.testing import StreamsServer
 from tests.conftest import free_port
-from tests.e2e import one_shard_stream, read_jsonl, recording_handler, write_module
+from tests.e2e import (
+    daemon,
+    one_shard_stream,
+    read_jsonl,
+    recording_handler,
+    shardwise_cli,
+    wait_for,
+    write_module,
+)
 
 
 @pytest.fixture
 def server() -> Iterator[StreamsServer]:
     with StreamsServer() as streams:
         yield streams
-
-
-def shardwise(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "shardwise", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        timeout=60,
-        check=False,
-    )
 
 
 def write_config(directory: Path, body: str) -> Path:
@@ -76,7 +68,7 @@ class TestHelpAndVersion:
     """--version and --help work everywhere."""
 
     def test_version(self) -> None:
-        result = shardwise("--version")
+        result = shardwise_cli("--version")
         assert result.returncode == 0
         assert result.stdout.strip() == f"shardwise {__version__}"
 
@@ -113,7 +105,7 @@ class TestValidate:
         config = write_config(
             tmp_path, config_text("http://127.0.0.1:1", "sqlite+aiosqlite:///x.db", handler, ARN)
         )
-        result = shardwise("validate", "-c", str(config))
+        result = shardwise_cli("validate", "-c", str(config))
         assert result.returncode == 0, result.stderr
         assert "OK (1 processor(s): orders)" in result.stdout
 
@@ -129,7 +121,7 @@ class TestValidate:
                 extra="batch_size: 20000\n        batchsize: 5",
             ),
         )
-        result = shardwise("validate", "-c", str(config))
+        result = shardwise_cli("validate", "-c", str(config))
         assert result.returncode == 2
         assert "processors[0].batch_size: must be <= 10000" in result.stderr
         assert "unknown key 'batchsize' (did you mean 'batch_size'?)" in result.stderr
@@ -137,12 +129,12 @@ class TestValidate:
 
     def test_yaml_syntax_error(self, tmp_path: Path) -> None:
         config = write_config(tmp_path, "processors:\n  - name: [unclosed\n")
-        result = shardwise("validate", "-c", str(config))
+        result = shardwise_cli("validate", "-c", str(config))
         assert result.returncode == 2
         assert "line" in result.stderr
 
     def test_missing_file(self, tmp_path: Path) -> None:
-        result = shardwise("validate", "-c", str(tmp_path / "nope.yaml"))
+        result = shardwise_cli("validate", "-c", str(tmp_path / "nope.yaml"))
         assert result.returncode == 2
         assert "nope.yaml" in result.stderr
 
@@ -164,7 +156,7 @@ class TestValidate:
         config = write_config(
             tmp_path, config_text("http://127.0.0.1:1", "sqlite+aiosqlite:///x.db", handler, ARN)
         )
-        result = shardwise("validate", "-c", str(config))
+        result = shardwise_cli("validate", "-c", str(config))
         assert result.returncode == 2
         assert "processors[0].handler" in result.stderr
         assert expected in result.stderr
@@ -196,7 +188,7 @@ class TestValidate:
             init.touch()
         (package / "view.py").write_text("def handler(event, context):\n    return None\n")
         text = config_text("http://127.0.0.1:1", "sqlite+aiosqlite:///x.db", handler, ARN)
-        result = shardwise("validate", "-c", str(write_config(tmp_path, text)))
+        result = shardwise_cli("validate", "-c", str(write_config(tmp_path, text)))
         assert result.returncode == code, result.stderr
         assert expected in (result.stdout if code == 0 else result.stderr)
 
@@ -207,7 +199,7 @@ class TestValidate:
         handler, _ = recording_handler(tmp_path)
         text = config_text("http://127.0.0.1:1", "sqlite+aiosqlite:///x.db", handler, ARN)
         text = text.replace("shard_sync_interval_seconds: 1", f"processes: {processes}")
-        result = shardwise("validate", "-c", str(write_config(tmp_path, text)))
+        result = shardwise_cli("validate", "-c", str(write_config(tmp_path, text)))
         assert result.returncode == code, result.stderr
         if code:
             message = 'worker.processes: must be "auto" or a whole number 1..256'
@@ -218,7 +210,7 @@ class TestValidate:
             tmp_path,
             config_text("http://127.0.0.1:1", "sqlite+aiosqlite:///x.db", "nope:handler", ARN),
         )
-        result = shardwise("run", "-c", str(config))
+        result = shardwise_cli("run", "-c", str(config))
         assert result.returncode == 2
         assert "cannot import module 'nope'" in result.stderr
         assert not (tmp_path / "x.db").exists()
@@ -251,52 +243,26 @@ class TestRunAndSigterm:
             tmp_path,
             config_text(server.endpoint_url, store, "slow:handler", stream.arn, "batch_size: 10"),
         )
-        first = _start(config, cwd=tmp_path)
-        _wait_for(lambda: len(read_jsonl(out)) >= 30, first)
-        first.send_signal(signal.SIGTERM)
-        assert first.wait(timeout=30) == 0
+        log = tmp_path / "daemon.log"
+        with daemon(config, log) as first:
+            wait_for(lambda: len(read_jsonl(out)) >= 30, first, log, "30 records")
+            first.send_signal(signal.SIGTERM)
+            assert first.wait(timeout=30) == 0
         delivered_first = len(read_jsonl(out))
         assert delivered_first < 300, "the test must stop the daemon mid-stream"
         assert delivered_first % 10 == 0, "a batch was cut short"
 
-        second = _start(config, cwd=tmp_path)
-        _wait_for(lambda: len(read_jsonl(out)) >= 300, second, timeout_s=60)
-        second.send_signal(signal.SIGINT)
-        assert second.wait(timeout=30) == 0
+        with daemon(config, log) as second:
+            wait_for(lambda: len(read_jsonl(out)) >= 300, second, log, "300 records", timeout_s=60)
+            second.send_signal(signal.SIGINT)
+            assert second.wait(timeout=30) == 0
         sequences = [r["dynamodb"]["SequenceNumber"] for r in read_jsonl(out)]
         assert sequences == [r["dynamodb"]["SequenceNumber"] for r in stream.records(shard)]
 
-        listed = shardwise("checkpoints", "-c", str(config), cwd=tmp_path)
+        listed = shardwise_cli("checkpoints", "-c", str(config), cwd=tmp_path)
         assert listed.returncode == 0, listed.stderr
         assert shard in listed.stdout
         assert sequences[-1] in listed.stdout
-
-
-def _start(config: Path, cwd: Path) -> subprocess.Popen[bytes]:
-    """``shardwise run`` as a child process; its output goes to ``<cwd>/daemon.log``."""
-    with (cwd / "daemon.log").open("ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "shardwise", "run", "-c", str(config)],
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-
-
-def _wait_for(
-    predicate: Callable[[], bool], process: subprocess.Popen[bytes], timeout_s: float = 30.0
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if process.poll() is not None:
-            raise AssertionError(f"shardwise exited early with {process.returncode}")
-        if time.monotonic() > deadline:
-            process.kill()
-            process.wait()
-            raise AssertionError("timed out waiting for the daemon")
-        time.sleep(0.05)
 
 
 class TestDatabaseCommands:
@@ -306,13 +272,13 @@ class TestDatabaseCommands:
         handler, _ = recording_handler(tmp_path)
         store = f"sqlite+aiosqlite:///{tmp_path / 'cp.db'}"
         config = write_config(tmp_path, config_text("http://127.0.0.1:1", store, handler, ARN))
-        before = shardwise("db", "current", "-c", str(config))
+        before = shardwise_cli("db", "current", "-c", str(config))
         assert before.returncode == 0, before.stderr
         assert "no schema" in before.stdout
-        upgraded = shardwise("db", "upgrade", "-c", str(config))
+        upgraded = shardwise_cli("db", "upgrade", "-c", str(config))
         assert upgraded.returncode == 0, upgraded.stderr
         assert "schema at revision" in upgraded.stdout
-        empty = shardwise("checkpoints", "-c", str(config))
+        empty = shardwise_cli("checkpoints", "-c", str(config))
         assert empty.returncode == 0, empty.stderr
         assert "no checkpoints yet" in empty.stdout
 
@@ -320,7 +286,7 @@ class TestDatabaseCommands:
         handler, _ = recording_handler(tmp_path)
         store = f"sqlite+aiosqlite:///{tmp_path / 'cp.db'}"
         config = write_config(tmp_path, config_text("http://127.0.0.1:1", store, handler, ARN))
-        result = shardwise("checkpoints", "-c", str(config))
+        result = shardwise_cli("checkpoints", "-c", str(config))
         assert result.returncode == 1
         assert "shardwise db upgrade" in result.stderr
 
@@ -337,18 +303,17 @@ class TestRunServesHealthAndMetrics:
             "bind: 127.0.0.1:0", f"bind: 127.0.0.1:{port}"
         )
         config = write_config(tmp_path, text)
-        daemon = _start(config, cwd=tmp_path)
-        try:
-            _wait_for(lambda: len(read_jsonl(out)) >= 5, daemon)
+        log = tmp_path / "daemon.log"
+        with daemon(config, log) as process:
+            wait_for(lambda: len(read_jsonl(out)) >= 5, process, log, "5 records")
             base = f"http://127.0.0.1:{port}"
-            _wait_for(lambda: _get(f"{base}/readyz")[0] == 200, daemon)
+            wait_for(lambda: _get(f"{base}/readyz")[0] == 200, process, log, "ready")
             assert _get(f"{base}/healthz")[0] == 200
             status, metrics = _get(f"{base}/metrics")
             assert status == 200
             assert 'shardwise_records_processed_total{processor="orders"} 5.0' in metrics
-        finally:
-            daemon.send_signal(signal.SIGTERM)
-            assert daemon.wait(timeout=30) == 0
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -371,7 +336,7 @@ class TestFilterAndImportCommands:
             tmp_path,
             config_text("http://127.0.0.1:1", "sqlite+aiosqlite:///x.db", handler, ARN, extra),
         )
-        result = shardwise("validate", "-c", str(config))
+        result = shardwise_cli("validate", "-c", str(config))
         assert result.returncode == 2
         assert "processors[0].filter_criteria.filters[0].pattern: at eventName" in result.stderr
 
@@ -382,7 +347,7 @@ class TestFilterAndImportCommands:
             '"arn:aws:lambda:us-east-1:123456789012:function:orders", "BatchSize": 50, '
             '"StartingPosition": "LATEST", "MaximumRetryAttempts": 2, "State": "Enabled"}'
         )
-        result = shardwise("import-esm", str(esm), "--handler", "app.orders:handler")
+        result = shardwise_cli("import-esm", str(esm), "--handler", "app.orders:handler")
         assert result.returncode == 0, result.stderr
         assert "batch_size: 50" in result.stdout
         assert "maximum_retry_attempts: 2" in result.stdout
@@ -399,9 +364,9 @@ class TestSighup:
         store = f"sqlite+aiosqlite:///{tmp_path / 'cp.db'}"
         text = config_text(server.endpoint_url, store, handler, stream.arn)
         config = write_config(tmp_path, text)
-        daemon = _start(config, cwd=tmp_path)
-        try:
-            _wait_for(lambda: len(read_jsonl(out)) >= 5, daemon)
+        log = tmp_path / "daemon.log"
+        with daemon(config, log) as process:
+            wait_for(lambda: len(read_jsonl(out)) >= 5, process, log, "5 records")
             added = textwrap.dedent(text) + (
                 "  - name: second\n"
                 f'    source: {{dynamodb: {{stream_arn: "{stream.arn}"}}}}\n'
@@ -409,9 +374,8 @@ class TestSighup:
                 "    starting_position: TRIM_HORIZON\n"
             )
             config.write_text(added)
-            daemon.send_signal(signal.SIGHUP)
-            _wait_for(lambda: len(read_jsonl(second_out)) >= 5, daemon)
-        finally:
-            daemon.send_signal(signal.SIGTERM)
-            assert daemon.wait(timeout=30) == 0
+            process.send_signal(signal.SIGHUP)
+            wait_for(lambda: len(read_jsonl(second_out)) >= 5, process, log, "the new processor")
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0
         assert len(read_jsonl(out)) == 5

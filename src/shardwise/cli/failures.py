@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
 
+from shardwise.aws import aws_session, credential_environment
 from shardwise.cli.exit_codes import EXIT_FAILURE, EXIT_INVALID, EXIT_OK
 from shardwise.cli.table import format_table
 from shardwise.config import ProcessorConfig, Settings, add_config_argument, load_config
@@ -28,7 +29,8 @@ from shardwise.destinations.archive import Archive, FailureSummary, StoredFailur
 from shardwise.destinations.factory import target_kind
 from shardwise.dispatch.response import interpret_response
 from shardwise.errors import ConfigError
-from shardwise.processors import Processor, build_processor, import_handler, search_paths
+from shardwise.functions import Function, open_processor, prepare
+from shardwise.processors import Processor
 from shardwise.records import Batch, ShardId
 
 __all__ = ["add_failures_commands"]
@@ -131,11 +133,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if isinstance(setup, int):
         return setup
     settings, config, target = setup
-    handler = None
+    function = None
     if not args.print:  # fail fast, before reading the destination
-        handler = import_handler(config.handler, search_paths(settings.config_dir))
+        function = prepare(config, settings.config_dir)
     ids = None if args.all else list(dict.fromkeys(args.ids))
-    return asyncio.run(_replay(settings, config, target, ids, handler))
+    return asyncio.run(_replay(settings, config, target, ids, function))
 
 
 async def _replay(
@@ -143,7 +145,7 @@ async def _replay(
     config: ProcessorConfig,
     target: str,
     ids: Sequence[str] | None,
-    handler: Any,
+    function: Function | None,
 ) -> int:
     async with open_archive(settings, target, config.name) as archive:
         failures = await archive.load(ids)
@@ -156,23 +158,31 @@ async def _replay(
         if empty := [f.id for f in failures if not f.records]:
             print(f"error: {', '.join(empty)}: stored without records", file=sys.stderr)
             return EXIT_FAILURE
-        if handler is None:
+        if function is None:
             for failure in failures:
                 print(json.dumps({"Records": failure.records}))
             return EXIT_OK
-        return await _invoke_each(config, handler, archive, failures)
+        return await _invoke_each(settings, config, function, archive, failures)
 
 
 async def _invoke_each(
-    config: ProcessorConfig, handler: Any, archive: Archive, failures: list[StoredFailure]
+    settings: Settings,
+    config: ProcessorConfig,
+    function: Function,
+    archive: Archive,
+    failures: list[StoredFailure],
 ) -> int:
     """Invoke the handler once per batch, in order; stop at the first it fails."""
     if not failures:
         print(f"nothing to replay for processor {config.name!r}")
         return EXIT_OK
     stream_arn = str(failures[0].info.get("streamArn", ""))
-    processor = build_processor(
-        config.name, handler, stream_arn=stream_arn, timeout_s=config.timeout_seconds
+    processor = open_processor(
+        config,
+        function,
+        stream_arn=stream_arn,
+        region=settings.aws.region,
+        credentials=functools.partial(credential_environment, aws_session(settings.aws)),
     )
     try:
         await processor.start()

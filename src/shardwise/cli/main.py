@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,7 @@ from shardwise.errors import ConfigError, HandlerImportError, ShardwiseError, fi
 from shardwise.observe.logging import configure_logging
 
 if TYPE_CHECKING:
+    from shardwise.runtimes import RuntimeSpec
     from shardwise.workers import WorkerProcess
 
 __all__ = ["main"]
@@ -67,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--writes-per-second", type=float, default=20.0, help="item writes per second"
     )
     demo.add_argument("--workdir", type=Path, default=None, help="where the demo keeps its files")
+    demo.add_argument(
+        "--node",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="feed the records to the Node.js function in DIR (index.handler, aws-lambda-ric "
+        "installed there) through the Lambda Runtime API; make demo-node sets it up",
+    )
     demo.set_defaults(func=_cmd_demo)
 
     add_failures_commands(commands)
@@ -131,15 +141,18 @@ async def serve(
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from shardwise.processors import import_handler, search_paths
+    from shardwise.functions import prepare
 
     settings = load_config(args.config)
     problems: list[str] = []
     for index, processor in enumerate(settings.processors):
+        kind = next(k for k in ("handler", "runtime", "invoke") if getattr(processor, k))
         try:
-            import_handler(processor.handler, search_paths(settings.config_dir))
+            function = prepare(processor, settings.config_dir)
+            if function.runtime is not None:
+                asyncio.run(_check_runtime_init(function.runtime, settings.aws.region))
         except HandlerImportError as exc:
-            problems.append(f"processors[{index}].handler: {exc}")
+            problems.append(f"processors[{index}].{kind}: {exc}")
     if problems:
         raise ConfigError(problems, source=str(args.config))
     names = ", ".join(p.name for p in settings.processors)
@@ -147,11 +160,26 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _check_runtime_init(spec: RuntimeSpec, region: str | None) -> None:
+    """Start the runtime once, as Lambda's init phase would, then stop it.
+
+    The process gets no AWS credentials here: validate reads no credential chain.
+    """
+    from shardwise.runtimes import RuntimeProcess
+
+    process = RuntimeProcess(dataclasses.replace(spec, region=region or ""), credentials={})
+    await process.start()
+    await process.stop()
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from shardwise.demo import run_demo
 
     return run_demo(
-        seconds=args.seconds, writes_per_second=args.writes_per_second, workdir=args.workdir
+        seconds=args.seconds,
+        writes_per_second=args.writes_per_second,
+        workdir=args.workdir,
+        node_dir=args.node,
     )
 
 

@@ -8,23 +8,27 @@ snake_case (``BatchSize`` -> ``batch_size``); the classes above it are its neste
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from shardwise.config.values import ConfigModel, Int, Name, Seconds, matching
 from shardwise.dispatch.filters import MAX_FILTERS, validate_pattern
 from shardwise.processors import split_handler
 from shardwise.records import StartingPosition
+from shardwise.runtimes import RESERVED_ENVIRONMENT
 
 __all__ = [
     "DestinationConfig",
     "DynamoDBSourceConfig",
     "FilterConfig",
     "FilterCriteriaConfig",
+    "InvokeConfig",
     "OnFailureConfig",
     "ProcessorConfig",
+    "RuntimeConfig",
     "SourceConfig",
 ]
 
@@ -117,15 +121,91 @@ class FilterCriteriaConfig(ConfigModel):
     filters: tuple[FilterConfig, ...] = Field(default=(), max_length=MAX_FILTERS)
 
 
+def _environment_value(value: object) -> object:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+def _environment(value: dict[str, str]) -> dict[str, str]:
+    reserved = sorted(RESERVED_ENVIRONMENT & value.keys())
+    if reserved:
+        raise ValueError(
+            f"sets {', '.join(reserved)}, which the runtime sets itself (Lambda reserves them)"
+        )
+    for key in value:
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", key):
+            raise ValueError(f"{key!r} is not a valid variable name (letters, digits, _)")
+    return value
+
+
+class RuntimeConfig(ConfigModel):
+    """A function in its own process, served the Lambda Runtime API (any language)."""
+
+    command: tuple[str, ...] = Field(min_length=1)
+    """What starts the runtime, e.g. ["python", "-m", "awslambdaric", "app.handler"],
+    ["node", "node_modules/aws-lambda-ric/index.mjs", "index.handler"] or ["./bootstrap"]."""
+    working_directory: Path = Path(".")
+    """The function's code (LAMBDA_TASK_ROOT), relative to the config file's directory."""
+    handler: str | None = None
+    """The _HANDLER the runtime reads; by default the command's last word when it has more
+    than one (index.handler in the examples above)."""
+    environment: dict[str, Annotated[str, BeforeValidator(_environment_value)]] = Field(
+        default_factory=dict
+    )
+    """The function's environment variables, set on top of Lambda's own."""
+    memory_mb: Int = Field(default=128, ge=128, le=10_240)
+    """MemorySize, reported to the function (AWS_LAMBDA_FUNCTION_MEMORY_SIZE); not enforced."""
+    init_timeout_seconds: Seconds = Field(default=10.0, gt=0, le=900)
+    """How long a new process may take to ask for its first event (Lambda's init phase: 10 s)."""
+    shutdown_grace_seconds: Seconds = Field(default=2.0, ge=0, le=60)
+    """After SIGTERM at shutdown, how long before the process is killed."""
+
+    @field_validator("environment")
+    @classmethod
+    def _no_reserved_names(cls, value: dict[str, str]) -> dict[str, str]:
+        return _environment(value)
+
+    @property
+    def lambda_handler(self) -> str:
+        if self.handler is not None:
+            return self.handler
+        return self.command[-1] if len(self.command) > 1 else ""
+
+
+class InvokeConfig(ConfigModel):
+    """A function that already runs behind an invoke URL (a Lambda image's emulator)."""
+
+    url: Annotated[
+        str,
+        matching(r"https?://[^\s/]+(/\S*)?", "must be an http:// or https:// URL"),
+    ]
+    """e.g. http://orders-fn:8080/2015-03-31/functions/function/invocations"""
+
+
+_FUNCTION_KINDS = ("handler", "runtime", "invoke")
+_WHICH_FUNCTION = (
+    "handler: a Python function run in process (app.orders.handler); "
+    "runtime: a command that speaks the Lambda Runtime API (any language); "
+    "invoke: the URL of a function that already runs (a Lambda image's emulator)"
+)
+
+
 class ProcessorConfig(ConfigModel):
     """One stream -> one handler, like one Lambda event source mapping."""
 
     name: Name
     """Unique; also the checkpoint namespace, so renaming starts over."""
     source: SourceConfig
-    handler: Annotated[str, AfterValidator(_handler)]
+    handler: Annotated[str, AfterValidator(_handler)] | None = None
     """Lambda's file.function (app.orders.handler) or module:attribute, imported with the
-    config file's directory on sys.path."""
+    config file's directory on sys.path. Exactly one of handler, runtime and invoke."""
+    runtime: RuntimeConfig | None = None
+    """A function in its own process, through the Lambda Runtime API (any language)."""
+    invoke: InvokeConfig | None = None
+    """A function that already runs behind an invoke URL (a sidecar from a Lambda image)."""
     starting_position: StartingPosition
     """StartingPosition: where to begin on a stream never read before."""
     batch_size: Int = Field(default=100, ge=1, le=10_000)
@@ -159,6 +239,16 @@ class ProcessorConfig(ConfigModel):
     """FilterCriteria: records matching no filter are consumed without invoking the handler."""
     max_poll_interval_seconds: Seconds = Field(default=3.0, ge=0.25, le=300)
     """Longest pause between GetRecords calls on an idle shard (4 polls/s while busy)."""
+
+    @model_validator(mode="after")
+    def _one_function(self) -> ProcessorConfig:
+        given = [kind for kind in _FUNCTION_KINDS if getattr(self, kind) is not None]
+        if len(given) != 1:
+            state = "none is set" if not given else f"{' and '.join(given)} are set"
+            raise ValueError(
+                f"set exactly one of handler, runtime or invoke ({state}) - " + _WHICH_FUNCTION
+            )
+        return self
 
     @model_validator(mode="after")
     def _windows_need_one_lane(self) -> ProcessorConfig:

@@ -14,6 +14,7 @@ from shardwise.clock import sleep_or_stop
 from shardwise.demo.display import ProgressReporter, summary
 from shardwise.demo.dynamodb import TABLE, create_orders_table, endpoint, new_moto_server
 from shardwise.demo.settings import (
+    NODE_COMMAND,
     PROCESSOR,
     VIEW_DB,
     demo_environment,
@@ -35,11 +36,30 @@ EXIT_INVALID = 2  # as the CLI: the demo cannot run as asked
 CATCH_UP_S = 5.0  # after --seconds: how long the processor may take to read the last writes
 
 
-def run_demo(seconds: float | None, writes_per_second: float, workdir: Path | None) -> int:
-    """Run the demo until Ctrl-C / SIGTERM or for ``seconds``; 0 on a clean stop."""
+def run_demo(
+    seconds: float | None,
+    writes_per_second: float,
+    workdir: Path | None,
+    node_dir: Path | None = None,
+) -> int:
+    """Run the demo until Ctrl-C / SIGTERM or for ``seconds``; 0 on a clean stop.
+
+    With ``node_dir`` the records go to the Node.js function there (``index.handler``)
+    through the Lambda Runtime API instead of the Python view.
+    """
     if writes_per_second <= 0 or (seconds is not None and seconds < 0):
         print("error: --writes-per-second must be > 0 and --seconds >= 0", file=sys.stderr)
         return EXIT_INVALID
+    if node_dir is not None:
+        node_dir = node_dir.resolve()
+        ric = node_dir / NODE_COMMAND[1]
+        if not ric.is_file():
+            print(
+                f"error: --node {node_dir}: no {NODE_COMMAND[1]}; "
+                f"run `npm install aws-lambda-ric` there (make demo-node does)",
+                file=sys.stderr,
+            )
+            return EXIT_INVALID
     try:
         server = new_moto_server()
     except ImportError:
@@ -56,7 +76,7 @@ def run_demo(seconds: float | None, writes_per_second: float, workdir: Path | No
         with demo_environment(view_db):
             endpoint_url = endpoint(server)
             table = create_orders_table(endpoint_url)
-            settings = demo_settings(endpoint_url, workdir)
+            settings = demo_settings(endpoint_url, workdir, node_dir)
             configure_logging(settings.log.level, settings.log.format)
             print(
                 f"shardwise demo: table {TABLE} on moto at {endpoint_url}, "

@@ -16,6 +16,7 @@ __all__ = [
     "CHECKPOINTS_DB",
     "DRAIN_S",
     "HANDLER",
+    "NODE_COMMAND",
     "PROCESSOR",
     "VIEW_DB",
     "VIEW_DB_ENV",
@@ -62,9 +63,21 @@ def demo_environment(view_db: Path) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def demo_settings(endpoint_url: str, workdir: Path) -> Settings:
-    """One processor running ``HANDLER`` on the demo table, checkpoints in SQLite."""
+# The Node.js function of `shardwise demo --node DIR`: AWS's Runtime Interface Client
+# installed in DIR (npm install aws-lambda-ric) serving DIR/index.js's handler.
+NODE_COMMAND = ("node", "node_modules/aws-lambda-ric/index.mjs", "index.handler")
+
+
+def demo_settings(endpoint_url: str, workdir: Path, node_dir: Path | None = None) -> Settings:
+    """One processor on the demo table, checkpoints in SQLite: ``HANDLER`` in process, or
+    with ``node_dir`` the Node.js function there through the Lambda Runtime API."""
     store_url = f"sqlite+aiosqlite:///{workdir / CHECKPOINTS_DB}"
+    function = f"handler: {HANDLER}"
+    if node_dir is not None:
+        command = json.dumps(NODE_COMMAND)
+        function = (
+            f"runtime: {{command: {command}, working_directory: {_yaml_text(str(node_dir))}}}"
+        )
     text = f"""
 aws:
   region: {REGION}
@@ -78,7 +91,7 @@ worker:
 processors:
   - name: {PROCESSOR}
     source: {{dynamodb: {{table: {TABLE}}}}}
-    handler: {HANDLER}
+    {function}
     starting_position: TRIM_HORIZON
     batch_size: 100
 """
