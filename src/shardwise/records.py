@@ -2,7 +2,10 @@
 
 Records travel through the pipeline as plain dicts in exactly the shape Lambda hands to a
 handler (see ``StreamRecord``), so nothing is copied or re-encoded between the source and
-the handler. Everything else here is a small frozen value.
+the handler. What dispatch reads from a record (its sequence number, when it arrived, the
+key its lane is chosen by) is found through the record's ``RecordShape``: a source's
+records name theirs by the key their stream data sits under (``dynamodb``, ``kinesis``).
+Everything else here is a small frozen value.
 """
 
 from __future__ import annotations
@@ -13,15 +16,19 @@ from dataclasses import dataclass, field
 from typing import Any, NewType, TypeAlias
 
 __all__ = [
+    "DYNAMODB_SHAPE",
+    "KINESIS_SHAPE",
     "Batch",
     "Position",
     "RecordPage",
+    "RecordShape",
     "SequenceNumber",
     "Shard",
     "ShardId",
     "ShardListing",
     "StartingPosition",
     "StreamRecord",
+    "shape_of",
 ]
 
 ShardId = NewType("ShardId", str)
@@ -30,6 +37,49 @@ SequenceNumber = NewType("SequenceNumber", str)
 # A record in Lambda's event shape: eventID, eventName, eventVersion, eventSource,
 # awsRegion, eventSourceARN, dynamodb{...}, userIdentity (TTL deletes only).
 StreamRecord: TypeAlias = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordShape:
+    """Where one source's records, in Lambda's event shape, keep what dispatch reads."""
+
+    body: str  # the key the stream's data sits under
+    sequence: str  # the sequence number, under body
+    arrival: str  # when the record reached the stream, epoch seconds, under body
+    partition: str  # what a record's lane is chosen by, under body
+    batch_info: str  # the on-failure record's batch description (Lambda's key)
+
+    def sequence_number(self, record: StreamRecord) -> SequenceNumber:
+        return SequenceNumber(record[self.body][self.sequence])
+
+    def arrival_time(self, record: StreamRecord) -> float | None:
+        """Epoch seconds, when the record carries them."""
+        value = record[self.body].get(self.arrival)
+        return float(value) if isinstance(value, int | float) else None
+
+    def partition_key(self, record: StreamRecord) -> Any:
+        return record[self.body].get(self.partition)
+
+
+DYNAMODB_SHAPE = RecordShape(
+    "dynamodb", "SequenceNumber", "ApproximateCreationDateTime", "Keys", "DDBStreamBatchInfo"
+)
+KINESIS_SHAPE = RecordShape(
+    "kinesis", "sequenceNumber", "approximateArrivalTimestamp", "partitionKey", "KinesisBatchInfo"
+)
+_SHAPES = (DYNAMODB_SHAPE, KINESIS_SHAPE)
+
+
+def shape_of(record: StreamRecord) -> RecordShape:
+    """The shape of a record, by the key its stream data sits under."""
+    for shape in _SHAPES:
+        if shape.body in record:
+            return shape
+    raise ValueError(
+        "not a stream record: none of "
+        + ", ".join(repr(shape.body) for shape in _SHAPES)
+        + f" in its keys {sorted(record)[:10]}"
+    )
 
 
 class StartingPosition(enum.StrEnum):
@@ -110,12 +160,20 @@ class Batch:
         return len(self.records)
 
     @property
+    def shape(self) -> RecordShape:
+        return shape_of(self.records[0])
+
+    @property
     def first_sequence_number(self) -> SequenceNumber:
-        return SequenceNumber(self.records[0]["dynamodb"]["SequenceNumber"])
+        return self.shape.sequence_number(self.records[0])
 
     @property
     def last_sequence_number(self) -> SequenceNumber:
-        return SequenceNumber(self.records[-1]["dynamodb"]["SequenceNumber"])
+        return self.shape.sequence_number(self.records[-1])
+
+    def sequence_numbers(self) -> list[SequenceNumber]:
+        shape = self.shape
+        return [shape.sequence_number(record) for record in self.records]
 
     def event(self) -> dict[str, Any]:
         """The event a Lambda-style handler receives."""

@@ -32,6 +32,7 @@ from shardwise.destinations.s3 import (
     parse_s3_target,
     read_failure,
 )
+from shardwise.records import DYNAMODB_SHAPE, KINESIS_SHAPE
 from shardwise.store import CheckpointStore
 from shardwise.store.failures import FailureStore
 
@@ -65,9 +66,13 @@ class StoredFailure:
 
     @property
     def info(self) -> dict[str, Any]:
-        """``DDBStreamBatchInfo``: shard, sequence range, batch size, stream."""
-        info: dict[str, Any] = self.record.get("DDBStreamBatchInfo") or {}
-        return info
+        """``DDBStreamBatchInfo`` / ``KinesisBatchInfo``: shard, sequence range, batch size,
+        stream."""
+        for shape in (DYNAMODB_SHAPE, KINESIS_SHAPE):
+            info = self.record.get(shape.batch_info)
+            if isinstance(info, dict):
+                return info
+        return {}
 
     @property
     def records(self) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from shardwise.errors import ShardwiseError
-from shardwise.records import ShardId, StreamRecord
+from shardwise.records import ShardId, StreamRecord, shape_of
 
 __all__ = [
     "Destination",
@@ -73,16 +73,17 @@ class FailedBatch:
 
     @property
     def start_sequence_number(self) -> str:
-        return str(self.records[0]["dynamodb"]["SequenceNumber"])
+        return str(shape_of(self.records[0]).sequence_number(self.records[0]))
 
     @property
     def end_sequence_number(self) -> str:
-        return str(self.records[-1]["dynamodb"]["SequenceNumber"])
+        return str(shape_of(self.records[-1]).sequence_number(self.records[-1]))
 
     def invocation_record(self, *, include_payload: bool) -> dict[str, Any]:
         """Lambda's on-failure invocation record; S3 and local targets add the payload."""
-        first = self.records[0]["dynamodb"].get("ApproximateCreationDateTime")
-        last = self.records[-1]["dynamodb"].get("ApproximateCreationDateTime")
+        shape = shape_of(self.records[0])
+        first = shape.arrival_time(self.records[0])
+        last = shape.arrival_time(self.records[-1])
         response: dict[str, Any] = {"statusCode": 200, "executedVersion": "$LATEST"}
         if self.function_error:
             response["functionError"] = self.function_error
@@ -96,7 +97,7 @@ class FailedBatch:
             "responseContext": response,
             "version": "1.0",
             "timestamp": self.failed_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "DDBStreamBatchInfo": {
+            shape.batch_info: {
                 "shardId": self.shard_id,
                 "startSequenceNumber": self.start_sequence_number,
                 "endSequenceNumber": self.end_sequence_number,

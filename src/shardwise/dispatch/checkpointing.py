@@ -30,9 +30,8 @@ Write = Callable[[], Coroutine[Any, Any, None]]
 
 
 def _created(batch: Batch) -> float | None:
-    """The ApproximateCreationDateTime of ``batch``'s last record, when it has one."""
-    created = batch.records[-1]["dynamodb"].get("ApproximateCreationDateTime")
-    return float(created) if isinstance(created, int | float) else None
+    """When ``batch``'s last record reached the stream, when it says."""
+    return batch.shape.arrival_time(batch.records[-1])
 
 
 class ShardCheckpoints:

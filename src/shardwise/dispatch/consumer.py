@@ -48,7 +48,14 @@ from shardwise.errors import (
 )
 from shardwise.observe.progress import ProcessorProgress
 from shardwise.processors import Processor
-from shardwise.records import Position, RecordPage, SequenceNumber, ShardId, StartingPosition
+from shardwise.records import (
+    Position,
+    RecordPage,
+    SequenceNumber,
+    ShardId,
+    StartingPosition,
+    shape_of,
+)
 
 __all__ = ["ConsumerSettings", "ShardConsumer", "ShardOutcome"]
 
@@ -265,8 +272,9 @@ class ShardConsumer:
         self._progress.polled(self._shard_id, len(page.records))
         if not page.records:
             return True
-        first = page.records[0]["dynamodb"]["SequenceNumber"]
-        self._last_read = SequenceNumber(page.records[-1]["dynamodb"]["SequenceNumber"])
+        shape = shape_of(page.records[0])
+        first = shape.sequence_number(page.records[0])
+        self._last_read = shape.sequence_number(page.records[-1])
         if self._gap_after is not None:
             log.error(
                 "records lost to stream retention: resumed after the gap",

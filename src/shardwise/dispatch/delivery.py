@@ -27,7 +27,7 @@ from shardwise.dispatch.planner import Next, RetryPlanner, Segment
 from shardwise.dispatch.response import Response, interpret_response, looks_like_failure_report
 from shardwise.observe.progress import ProcessorProgress
 from shardwise.processors import Processor
-from shardwise.records import Batch, StreamRecord
+from shardwise.records import DYNAMODB_SHAPE, Batch, StreamRecord, shape_of
 from shardwise.tasks import to_completion
 
 __all__ = ["Delivery", "FailurePolicy"]
@@ -177,9 +177,10 @@ class Delivery:
             return 0
         oldest_allowed = self._clock() - max_age_s
         count = 0
+        shape = shape_of(records[start]) if start < end else DYNAMODB_SHAPE
         for record in records[start:end]:
-            created = record["dynamodb"].get("ApproximateCreationDateTime")
-            if not isinstance(created, int | float) or created >= oldest_allowed:
+            created = shape.arrival_time(record)
+            if created is None or created >= oldest_allowed:
                 break
             count += 1
         return count
@@ -227,9 +228,9 @@ class Delivery:
         elif not response.ok:
             log.warning(
                 "handler reported failed records",
-                first_failed_sequence=part.records[response.failed_from or 0]["dynamodb"][
-                    "SequenceNumber"
-                ],
+                first_failed_sequence=part.shape.sequence_number(
+                    part.records[response.failed_from or 0]
+                ),
                 size=len(part),
             )
         return response, response.problem or (None if response.ok else "batchItemFailures")

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import orjson
 
 from shardwise.dispatch.batcher import Batcher
-from shardwise.records import Batch, SequenceNumber, ShardId, StreamRecord
+from shardwise.records import Batch, SequenceNumber, ShardId, StreamRecord, shape_of
 
 __all__ = ["Lanes", "Watermark", "lane_of"]
 
@@ -29,9 +29,12 @@ PENDING_BATCHES_PER_LANE = 2
 
 
 def lane_of(record: StreamRecord, lanes: int) -> int:
-    """The lane of a record: a stable hash of its key attributes."""
-    keys = record["dynamodb"].get("Keys", {})
-    return zlib.crc32(orjson.dumps(keys, option=orjson.OPT_SORT_KEYS)) % lanes
+    """The lane of a record: a stable hash of its partition key (DynamoDB: the item's key
+    attributes; Kinesis: the partition key)."""
+    if lanes == 1:
+        return 0
+    key = shape_of(record).partition_key(record)
+    return zlib.crc32(orjson.dumps(key, option=orjson.OPT_SORT_KEYS)) % lanes
 
 
 class Watermark:
@@ -124,13 +127,15 @@ class Lanes:
 
     async def add(self, read: Sequence[StreamRecord], kept: Sequence[StreamRecord]) -> bool:
         """Records of a page (``kept`` of them passed the filters); False when stopping."""
-        self._watermark.read([r["dynamodb"]["SequenceNumber"] for r in read])
+        shape = shape_of(read[0]) if read else None
+        self._watermark.read([shape.sequence_number(r) for r in read] if shape else [])
         now = time.monotonic()
         for record in kept:
             self._lanes[lane_of(record, len(self._lanes))].batcher.add([record], now)
         if len(kept) < len(read):
             kept_ids = {id(r) for r in kept}
-            filtered = [r["dynamodb"]["SequenceNumber"] for r in read if id(r) not in kept_ids]
+            assert shape is not None
+            filtered = [shape.sequence_number(r) for r in read if id(r) not in kept_ids]
             return await self._resolve(filtered, None)
         return True
 
@@ -157,9 +162,9 @@ class Lanes:
     async def resolved(self, part: Batch) -> bool:
         """Records resolved in a lane (``Delivery``'s commit): move the checkpoint if the
         watermark moved."""
-        return await self._resolve([r["dynamodb"]["SequenceNumber"] for r in part.records], part)
+        return await self._resolve(part.sequence_numbers(), part)
 
-    async def _resolve(self, sequence_numbers: list[str], part: Batch | None) -> bool:
+    async def _resolve(self, sequence_numbers: Sequence[str], part: Batch | None) -> bool:
         assert self._commit is not None
         async with self._lock:
             mark = self._watermark.resolve(sequence_numbers)

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from shardwise.records import StreamRecord
+from shardwise.records import DYNAMODB_SHAPE, StreamRecord, shape_of
 
 __all__ = ["Response", "interpret_response", "looks_like_failure_report"]
 
@@ -94,7 +94,8 @@ def _failure_list(value: Any) -> list[Any]:
 
 def _lowest_failure(failures: list[Any], records: Sequence[StreamRecord]) -> int:
     """Index of the lowest reported record; every identifier must name a record here."""
-    index = {str(r["dynamodb"]["SequenceNumber"]): i for i, r in enumerate(records)}
+    shape = shape_of(records[0]) if records else DYNAMODB_SHAPE
+    index = {str(shape.sequence_number(r)): i for i, r in enumerate(records)}
     positions = []
     for item in failures:
         identifier = item.get("itemIdentifier") if isinstance(item, dict) else None

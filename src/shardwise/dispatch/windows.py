@@ -35,7 +35,7 @@ from shardwise.clock import HANDLER_BACKOFF, Backoff, retries
 from shardwise.destinations.base import FailedBatch, FailureCondition
 from shardwise.observe.progress import ProcessorProgress
 from shardwise.processors import Processor
-from shardwise.records import Batch, SequenceNumber
+from shardwise.records import Batch, SequenceNumber, shape_of
 
 __all__ = ["STATE_LIMIT_BYTES", "OpenWindow", "WindowedDelivery", "window_start"]
 
@@ -51,8 +51,8 @@ HandOver = Callable[[FailedBatch], Awaitable[bool]]
 
 
 def window_start(record: dict[str, Any], size_s: int) -> int:
-    created = record["dynamodb"].get("ApproximateCreationDateTime")
-    seconds = int(created) if isinstance(created, int | float) else int(time.time())
+    created = shape_of(record).arrival_time(record)
+    seconds = int(created) if created is not None else int(time.time())
     return seconds - seconds % size_s
 
 
