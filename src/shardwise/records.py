@@ -112,6 +112,13 @@ class Shard:
     parent_shard_id: ShardId | None = None
     starting_sequence_number: SequenceNumber | None = None
     ending_sequence_number: SequenceNumber | None = None
+    # A merge's second parent (Kinesis AdjacentParentShardId).
+    adjacent_parent_shard_id: ShardId | None = None
+
+    @property
+    def parents(self) -> tuple[ShardId, ...]:
+        """The shards this one continues: none, one (a split), or two (a merge)."""
+        return tuple(p for p in (self.parent_shard_id, self.adjacent_parent_shard_id) if p)
 
     @property
     def closed(self) -> bool:

@@ -58,6 +58,7 @@ def plan_registrations(
         ShardRegistration(
             shard_id=shard.shard_id,
             parent_shard_id=shard.parent_shard_id,
+            adjacent_parent_shard_id=shard.adjacent_parent_shard_id,
             start_position=StartingPosition.LATEST if latest else StartingPosition.TRIM_HORIZON,
             finished=latest and shard.closed,
         )

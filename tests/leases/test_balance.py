@@ -210,6 +210,38 @@ class TestLineage:
         assert collected_ancestors(listed, {sid(3), sid(4)}) == {sid(1), sid(2)}
         assert collected_ancestors(listed, set()) == set()
 
+    def test_a_merged_shard_waits_for_both_parents(self) -> None:
+        """Kinesis MergeShards: the child starts once both parents are read to their end."""
+        merged = LeaseRow(sid(3), parent_shard_id=sid(1), adjacent_parent_shard_id=sid(2))
+        one_done = [LeaseRow(sid(1), finished=True), LeaseRow(sid(2)), merged]
+        assert eligible(one_done) == {sid(2)}
+        adjacent_done = [LeaseRow(sid(1)), LeaseRow(sid(2), finished=True), merged]
+        assert eligible(adjacent_done) == {sid(1)}
+        both_done = [LeaseRow(sid(1), finished=True), LeaseRow(sid(2), finished=True), merged]
+        assert eligible(both_done) == {sid(3)}
+        adjacent_gone = [LeaseRow(sid(1), finished=True), merged]
+        assert eligible(adjacent_gone) == {sid(3)}
+
+    def test_merge_parents_collected_once_the_child_started(self) -> None:
+        parents = [LeaseRow(sid(1), finished=True), LeaseRow(sid(2), finished=True)]
+        child = LeaseRow(sid(3), parent_shard_id=sid(1), adjacent_parent_shard_id=sid(2))
+        assert collectable([*parents, child]) == set()
+        started = LeaseRow(
+            sid(3), parent_shard_id=sid(1), adjacent_parent_shard_id=sid(2), started=True
+        )
+        assert collectable([*parents, started]) == {sid(1), sid(2)}
+
+    def test_collected_ancestors_through_a_merge(self) -> None:
+        listed = [
+            Shard(sid(1)),
+            Shard(sid(2)),
+            Shard(sid(3), parent_shard_id=sid(1), adjacent_parent_shard_id=sid(2)),
+            Shard(sid(4), parent_shard_id=sid(3)),
+        ]
+        assert collected_ancestors(listed, {sid(4)}) == {sid(1), sid(2), sid(3)}
+        assert collected_ancestors(listed, {sid(2), sid(3)}) == {sid(1)}
+        assert listed[2].parents == (sid(1), sid(2))
+
 
 class TestClaims:
     """The planner's view of the table."""

@@ -164,6 +164,19 @@ class TestRegisterShards:
         assert loaded[ShardId("s-1")].sequence_number is None
         assert loaded[ShardId("s-1")].position == Position(start=StartingPosition.TRIM_HORIZON)
 
+    async def test_a_merged_shard_keeps_both_parents(self, store: CheckpointStore) -> None:
+        merged = ShardRegistration(
+            ShardId("s-3"),
+            ShardId("s-1"),
+            StartingPosition.TRIM_HORIZON,
+            adjacent_parent_shard_id=ShardId("s-2"),
+        )
+        await store.register_shards("orders", ARN, [shard("s-1"), shard("s-2"), merged])
+        loaded = await store.load("orders", ARN)
+        assert loaded[ShardId("s-3")].parent_shard_id == "s-1"
+        assert loaded[ShardId("s-3")].adjacent_parent_shard_id == "s-2"
+        assert loaded[ShardId("s-2")].adjacent_parent_shard_id is None
+
     async def test_register_is_idempotent_and_keeps_checkpoints(
         self, store: CheckpointStore, s1: Leased
     ) -> None:

@@ -55,6 +55,12 @@ class LeaseRow:
     finished: bool = False
     # A checkpoint was written, or someone holds the lease: the shard has started.
     started: bool = False
+    # A merge's second parent (Kinesis): the shard waits for both.
+    adjacent_parent_shard_id: ShardId | None = None
+
+    @property
+    def parents(self) -> tuple[ShardId, ...]:
+        return tuple(p for p in (self.parent_shard_id, self.adjacent_parent_shard_id) if p)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,18 +137,13 @@ def plan(
 
 
 def eligible(rows: Sequence[LeaseRow]) -> set[ShardId]:
-    """Unfinished shards whose parent is finished or not registered (gone, or collected)."""
-    registered = {row.shard_id for row in rows}
-    finished = {row.shard_id for row in rows if row.finished}
+    """Unfinished shards whose parents (two after a merge) are each finished or not
+    registered (gone, or collected)."""
+    waiting = {row.shard_id for row in rows if not row.finished}
     return {
         row.shard_id
         for row in rows
-        if not row.finished
-        and (
-            row.parent_shard_id is None
-            or row.parent_shard_id not in registered
-            or row.parent_shard_id in finished
-        )
+        if not row.finished and not any(parent in waiting for parent in row.parents)
     }
 
 
@@ -150,8 +151,8 @@ def collectable(rows: Sequence[LeaseRow]) -> set[ShardId]:
     """Finished shards whose children (at least one) have all started: their rows may go."""
     children: defaultdict[ShardId, list[bool]] = defaultdict(list)
     for row in rows:
-        if row.parent_shard_id is not None:
-            children[row.parent_shard_id].append(row.started)
+        for parent in row.parents:
+            children[parent].append(row.started)
     return {
         row.shard_id for row in rows if row.finished and all(children.get(row.shard_id, [False]))
     }
@@ -200,14 +201,15 @@ def collected_ancestors(shards: Sequence[Shard], registered: Collection[ShardId]
     Their rows were collected after they finished: the shard sync must not register them
     again, or they would be read a second time.
     """
-    parent_of = {shard.shard_id: shard.parent_shard_id for shard in shards}
+    parents_of = {shard.shard_id: shard.parents for shard in shards}
     ancestors: set[ShardId] = set()
-    for shard_id in registered:
-        parent = parent_of.get(shard_id)
-        while parent is not None and parent not in registered and parent not in ancestors:
-            if parent in parent_of:
-                ancestors.add(parent)
-            parent = parent_of.get(parent)
+    pending = [parent for shard_id in registered for parent in parents_of.get(shard_id, ())]
+    while pending:
+        parent = pending.pop()
+        if parent in registered or parent in ancestors or parent not in parents_of:
+            continue
+        ancestors.add(parent)
+        pending.extend(parents_of[parent])
     return ancestors
 
 

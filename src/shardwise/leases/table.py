@@ -41,6 +41,7 @@ def _lease_row(stored: StoredLease) -> LeaseRow:
     return LeaseRow(
         shard_id=stored.shard_id,
         parent_shard_id=stored.parent_shard_id,
+        adjacent_parent_shard_id=stored.adjacent_parent_shard_id,
         owner=stored.owner,
         counter=stored.counter,
         handoff_to=stored.handoff_to,

@@ -59,6 +59,7 @@ class ShardCheckpoint:
     start_position: StartingPosition
     finished: bool
     updated_at: datetime
+    adjacent_parent_shard_id: ShardId | None = None
 
     @property
     def position(self) -> Position:
@@ -74,6 +75,7 @@ class ShardRegistration:
     parent_shard_id: ShardId | None
     start_position: StartingPosition
     finished: bool = False
+    adjacent_parent_shard_id: ShardId | None = None
 
 
 class _State(enum.Enum):
@@ -83,6 +85,10 @@ class _State(enum.Enum):
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _shard_id(value: str | None) -> ShardId | None:
+    return None if value is None else ShardId(value)
 
 
 def checkpoint_from_row(row: Row[Any]) -> ShardCheckpoint:
@@ -98,6 +104,7 @@ def checkpoint_from_row(row: Row[Any]) -> ShardCheckpoint:
         start_position=StartingPosition(row.start_position),
         finished=bool(row.finished),
         updated_at=row.updated_at,
+        adjacent_parent_shard_id=_shard_id(row.adjacent_parent_shard_id),
     )
 
 
@@ -245,6 +252,7 @@ class CheckpointStore:
                 "stream_arn": stream_arn,
                 "shard_id": shard.shard_id,
                 "parent_shard_id": shard.parent_shard_id,
+                "adjacent_parent_shard_id": shard.adjacent_parent_shard_id,
                 "sequence_number": None,
                 "start_position": StartingPosition(shard.start_position).value,
                 "finished": shard.finished,

@@ -59,6 +59,7 @@ class StoredLease:
     handoff_to: str | None
     finished: bool
     sequence_number: SequenceNumber | None
+    adjacent_parent_shard_id: ShardId | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,9 @@ def _stored_lease(row: Row[Any]) -> StoredLease:
     return StoredLease(
         shard_id=ShardId(row.shard_id),
         parent_shard_id=None if row.parent_shard_id is None else ShardId(row.parent_shard_id),
+        adjacent_parent_shard_id=(
+            None if row.adjacent_parent_shard_id is None else ShardId(row.adjacent_parent_shard_id)
+        ),
         owner=row.owner,
         counter=int(row.lease_counter),
         handoff_to=row.handoff_to,

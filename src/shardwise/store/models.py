@@ -77,6 +77,8 @@ checkpoints = Table(
     Column("stream_arn", String(1024), nullable=False),
     Column("shard_id", String(200), nullable=False),
     Column("parent_shard_id", String(200), nullable=True),
+    # A merged shard's second parent (Kinesis AdjacentParentShardId; migration 0006).
+    Column("adjacent_parent_shard_id", String(200), nullable=True),
     Column("sequence_number", String(128), nullable=True),
     Column("start_position", String(16), nullable=False),
     Column("finished", Boolean(), nullable=False, server_default=false()),
