@@ -20,7 +20,14 @@ from collections.abc import Awaitable, Callable, Sequence
 import orjson
 
 from shardwise.dispatch.batcher import Batcher
-from shardwise.records import Batch, SequenceNumber, ShardId, StreamRecord, shape_of
+from shardwise.records import (
+    DYNAMODB_SHAPE,
+    Batch,
+    SequenceNumber,
+    ShardId,
+    StreamRecord,
+    shape_of,
+)
 
 __all__ = ["Lanes", "Watermark", "lane_of"]
 
@@ -127,14 +134,13 @@ class Lanes:
 
     async def add(self, read: Sequence[StreamRecord], kept: Sequence[StreamRecord]) -> bool:
         """Records of a page (``kept`` of them passed the filters); False when stopping."""
-        shape = shape_of(read[0]) if read else None
-        self._watermark.read([shape.sequence_number(r) for r in read] if shape else [])
+        shape = shape_of(read[0]) if read else DYNAMODB_SHAPE
+        self._watermark.read([shape.sequence_number(r) for r in read])
         now = time.monotonic()
         for record in kept:
             self._lanes[lane_of(record, len(self._lanes))].batcher.add([record], now)
         if len(kept) < len(read):
             kept_ids = {id(r) for r in kept}
-            assert shape is not None
             filtered = [shape.sequence_number(r) for r in read if id(r) not in kept_ids]
             return await self._resolve(filtered, None)
         return True
