@@ -23,6 +23,7 @@ from shardwise.processors import (
     function_arn_for,
     import_handler,
     search_paths,
+    stream_region,
 )
 from shardwise.runtimes import CredentialSource, InvokeUrlProcessor, RuntimeProcessor, RuntimeSpec
 
@@ -88,8 +89,7 @@ def open_processor(
     timeout_s = config.timeout_seconds
     arn = function_arn_for(config.name, stream_arn)
     if function.runtime is not None:
-        parts = stream_arn.split(":")
-        spec = replace(function.runtime, region=region or (parts[3] if len(parts) > 3 else ""))
+        spec = replace(function.runtime, region=region or stream_region(stream_arn))
         return RuntimeProcessor(
             spec, function_arn=arn, timeout_s=timeout_s, credentials=credentials
         )

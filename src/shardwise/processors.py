@@ -271,10 +271,19 @@ class ClassProcessor(_TimedProcessor):
             self._runner.close()
 
 
+def _region_and_account(stream_arn: str) -> tuple[str, str]:
+    parts = stream_arn.split(":")
+    return (parts[3], parts[4]) if len(parts) > 4 else ("", "")
+
+
+def stream_region(stream_arn: str) -> str:
+    """The region in a stream's ARN ("" when it is not an ARN)."""
+    return _region_and_account(stream_arn)[0]
+
+
 def function_arn_for(name: str, stream_arn: str) -> str:
     """A Lambda-style ARN in the stream's region and account, for handlers that parse it."""
-    parts = stream_arn.split(":")
-    region, account = (parts[3], parts[4]) if len(parts) > 4 else ("", "")
+    region, account = _region_and_account(stream_arn)
     return f"arn:aws:lambda:{region}:{account}:function:{name}"
 
 

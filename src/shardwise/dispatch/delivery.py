@@ -27,7 +27,7 @@ from shardwise.dispatch.planner import Next, RetryPlanner, Segment
 from shardwise.dispatch.response import Response, interpret_response, looks_like_failure_report
 from shardwise.observe.progress import ProcessorProgress
 from shardwise.processors import Processor
-from shardwise.records import DYNAMODB_SHAPE, Batch, StreamRecord, shape_of
+from shardwise.records import Batch, StreamRecord, shape_of
 from shardwise.tasks import to_completion
 
 __all__ = ["Delivery", "FailurePolicy"]
@@ -173,11 +173,11 @@ class Delivery:
     def _expired_prefix(self, records: Sequence[StreamRecord], start: int, end: int) -> int:
         """How many leading records of ``start:end`` are older than the maximum age."""
         max_age_s = self._policy.max_age_s
-        if max_age_s is None:
+        if max_age_s is None or end <= start:
             return 0
         oldest_allowed = self._clock() - max_age_s
         count = 0
-        shape = shape_of(records[start]) if start < end else DYNAMODB_SHAPE
+        shape = shape_of(records[start])
         for record in records[start:end]:
             created = shape.arrival_time(record)
             if created is None or created >= oldest_allowed:

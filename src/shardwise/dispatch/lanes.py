@@ -21,7 +21,6 @@ import orjson
 
 from shardwise.dispatch.batcher import Batcher
 from shardwise.records import (
-    DYNAMODB_SHAPE,
     Batch,
     SequenceNumber,
     ShardId,
@@ -134,7 +133,9 @@ class Lanes:
 
     async def add(self, read: Sequence[StreamRecord], kept: Sequence[StreamRecord]) -> bool:
         """Records of a page (``kept`` of them passed the filters); False when stopping."""
-        shape = shape_of(read[0]) if read else DYNAMODB_SHAPE
+        if not read:
+            return True
+        shape = shape_of(read[0])
         self._watermark.read([shape.sequence_number(r) for r in read])
         now = time.monotonic()
         for record in kept:

@@ -31,8 +31,6 @@ README says so).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import re
 from typing import Any, Final
 
@@ -83,9 +81,7 @@ def read_invoke_response(name: str, status: int, headers: dict[str, str], body: 
         return value
     if status == 502:
         # The emulator's init failure carries the runtime's /init/error document.
-        document: Any = None
-        with contextlib.suppress(ValueError):
-            document = json.loads(body)
+        document = decode_response(body)
         if _error_document(document):
             raise FunctionError(document["errorType"], str(document["errorMessage"]))
         raise FunctionError(
