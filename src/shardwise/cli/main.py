@@ -146,13 +146,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     settings = load_config(args.config)
     problems: list[str] = []
     for index, processor in enumerate(settings.processors):
-        kind = next(k for k in ("handler", "runtime", "invoke") if getattr(processor, k))
         try:
             function = prepare(processor, settings.config_dir)
             if function.runtime is not None:
                 asyncio.run(_check_runtime_init(function.runtime, settings.aws.region))
         except HandlerImportError as exc:
-            problems.append(f"processors[{index}].{kind}: {exc}")
+            problems.append(f"processors[{index}].{processor.function_kind}: {exc}")
     if problems:
         raise ConfigError(problems, source=str(args.config))
     names = ", ".join(p.name for p in settings.processors)

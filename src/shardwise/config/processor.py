@@ -240,6 +240,11 @@ class ProcessorConfig(ConfigModel):
     max_poll_interval_seconds: Seconds = Field(default=3.0, ge=0.25, le=300)
     """Longest pause between GetRecords calls on an idle shard (4 polls/s while busy)."""
 
+    @property
+    def function_kind(self) -> str:
+        """Which of handler, runtime or invoke names the function (exactly one does)."""
+        return next(kind for kind in _FUNCTION_KINDS if getattr(self, kind) is not None)
+
     @model_validator(mode="after")
     def _one_function(self) -> ProcessorConfig:
         given = [kind for kind in _FUNCTION_KINDS if getattr(self, kind) is not None]
