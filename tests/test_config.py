@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -67,16 +68,82 @@ def field_names(model: type[BaseModel]) -> set[str]:
     return names
 
 
+class TestKinesisSource:
+    """source.kinesis, and AT_TIMESTAMP with its timestamp (Kinesis only)."""
+
+    def kinesis(self, **overrides: object) -> dict[str, object]:
+        return processor(**{"source": {"kinesis": {"stream_name": "clicks"}}, **overrides})
+
+    def test_at_timestamp_takes_an_aware_time_or_epoch_seconds(self) -> None:
+        for value in ("2026-12-01T00:00:00+00:00", 1796083200):
+            settings = parse_config(
+                config_text(
+                    self.kinesis(
+                        starting_position="AT_TIMESTAMP", starting_position_timestamp=value
+                    )
+                ),
+                source="t.yaml",
+            )
+            [p] = settings.processors
+            assert p.starting_position_timestamp == datetime(2026, 12, 1, tzinfo=UTC)
+            assert p.source.kind == "kinesis"
+
+    @pytest.mark.parametrize(
+        ("overrides", "path", "message"),
+        [
+            (
+                {"starting_position": "AT_TIMESTAMP"},
+                "processors[0].starting_position_timestamp",
+                "is required with starting_position: AT_TIMESTAMP",
+            ),
+            (
+                {
+                    "starting_position": "AT_TIMESTAMP",
+                    "starting_position_timestamp": "2026-12-01T00:00:00",
+                },
+                "processors[0].starting_position_timestamp",
+                "timezone",
+            ),
+            (
+                {"source": {"kinesis": {"stream_name": "a b"}}},
+                "processors[0].source.kinesis.stream_name",
+                "must be a stream name",
+            ),
+            (
+                {"source": {"kinesis": {"stream_name": "a", "stream_arn": "arn:x"}}},
+                "processors[0].source.kinesis.stream_arn",
+                "must be a Kinesis stream ARN",
+            ),
+            (
+                {"source": {"kinesis": {"stream_name": "a"}, "dynamodb": {"table": "Orders"}}},
+                "processors[0].source",
+                "set exactly one of dynamodb or kinesis (both are set)",
+            ),
+        ],
+    )
+    def test_problems_name_the_field(
+        self, overrides: dict[str, object], path: str, message: str
+    ) -> None:
+        with pytest.raises(ConfigError) as caught:
+            parse_config(config_text(self.kinesis(**overrides)), source="t.yaml")
+        assert any(p.startswith(path) and message in p for p in caught.value.problems), (
+            caught.value.problems
+        )
+
+
 class TestExampleFile:
     """config/shardwise.yaml loads and documents every key."""
 
     def test_loads(self) -> None:
         settings = load_config(EXAMPLE, env={})
         assert settings.config_dir == EXAMPLE.parent.absolute()
-        assert [p.name for p in settings.processors] == ["orders-view", "orders-audit"]
-        assert settings.processors[0].source.dynamodb.table == "Orders"
-        assert settings.processors[1].source.dynamodb.stream_arn == STREAM_ARN
-        assert settings.processors[1].enabled is False
+        assert [p.name for p in settings.processors] == ["orders-view", "orders-audit", "clicks"]
+        orders, audit, clicks = settings.processors
+        assert orders.source.dynamodb is not None and orders.source.dynamodb.table == "Orders"
+        assert audit.source.dynamodb is not None and audit.source.dynamodb.stream_arn == STREAM_ARN
+        assert audit.enabled is False
+        assert clicks.source.kinesis is not None and clicks.source.kinesis.stream_name == "clicks"
+        assert clicks.starting_position_timestamp == datetime(2026, 12, 1, tzinfo=UTC)
         assert settings.aws.region is None
         assert settings.aws.endpoint_url is None
         assert settings.store.url == "sqlite+aiosqlite:///shardwise.db"
@@ -114,7 +181,7 @@ class TestDefaults:
         assert proc.name == "orders-view"
         assert proc.handler == "app.orders:handler"
         assert proc.starting_position is StartingPosition.TRIM_HORIZON
-        assert proc.source.dynamodb.stream_arn is None
+        assert proc.source.dynamodb is not None and proc.source.dynamodb.stream_arn is None
         assert proc.batch_size == 100
         assert proc.maximum_batching_window_in_seconds == 0
         assert isinstance(proc.maximum_batching_window_in_seconds, float)
@@ -207,6 +274,7 @@ class TestValues:
             ("enabled", "maybe", "must be true or false"),
             ("starting_position", "trim_horizon", "must be one of TRIM_HORIZON, LATEST"),
             ("starting_position", "AT_TIMESTAMP", "AT_TIMESTAMP is Kinesis-only; use "),
+            ("starting_position_timestamp", "2026-01-01T00:00:00Z", "only read with "),
             ("on_trimmed_data", "skip", "must be one of trim_horizon, stop"),
             ("handler", "app/orders.py", "names a file, not a function: add the function, e.g. "),
             ("handler", "handler", "must be Lambda's 'file.function' (app.orders.handler) or "),
@@ -315,11 +383,12 @@ class TestSource:
 
     def test_stream_arn(self) -> None:
         found = parse(self.dynamodb(stream_arn=STREAM_ARN)).processors[0].source.dynamodb
-        assert (found.table, found.stream_arn) == (None, STREAM_ARN)
+        assert found is not None and (found.table, found.stream_arn) == (None, STREAM_ARN)
 
     def test_table_arn_as_table(self) -> None:
         arn = "arn:aws:dynamodb:us-east-1:123456789012:table/Orders"
-        assert parse(self.dynamodb(table=arn)).processors[0].source.dynamodb.table == arn
+        found = parse(self.dynamodb(table=arn)).processors[0].source.dynamodb
+        assert found is not None and found.table == arn
 
     @pytest.mark.parametrize(
         ("source", "message"),

@@ -348,6 +348,7 @@ class TestExampleConfig:
     def test_loads_and_imports(self, isolated_process_state: None) -> None:
         settings = load_config(REPO / "examples" / "shardwise.yaml", env={})
         [processor] = settings.processors
+        assert processor.source.dynamodb is not None
         assert processor.source.dynamodb.table == "Orders"
         assert processor.handler == "orders_view.handler"  # Lambda's notation, unchanged
         paths = search_paths(settings.config_dir)

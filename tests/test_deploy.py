@@ -29,6 +29,7 @@ from packaging.version import Version
 from shardwise.cli.iam import iam_policy
 from shardwise.config import Settings, parse_config
 from shardwise.observe.health import ObserveServer
+from shardwise.records import ShardId
 from tests.observe.test_metrics import busy_progress, scrape
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -547,7 +548,10 @@ class TestIamPolicyFile:
 
 @pytest.fixture
 async def exposed_names() -> set[str]:
-    """Every sample name a real exporter serves, scraped over HTTP with data in every series."""
+    """Every sample name a real exporter serves, scraped over HTTP with data in every series
+    (a Kinesis shard's MillisBehindLatest too: only a Kinesis page reports it)."""
+    progress = busy_progress()
+    progress.shards[ShardId("shard-b")].millis_behind_latest = 1500
     settings = parse_config(
         "http: {bind: '127.0.0.1:0'}\nprocessors:\n"
         "  - {name: orders, source: {dynamodb: {table: Orders}}, handler: m:h,"
@@ -555,7 +559,7 @@ async def exposed_names() -> set[str]:
     )
     server = ObserveServer(
         settings,
-        {"orders": busy_progress()},
+        {"orders": progress},
         store=None,
         started=asyncio.Event(),
         max_checkpoint_stall_s=300,
@@ -591,6 +595,7 @@ class TestDashboardAndAlerts:
             "shardwise_records_processed_total",
             "shardwise_failed_invocations_total",
             "shardwise_shards_owned",
+            "shardwise_shard_millis_behind_latest",
         } <= used
 
     def test_alert_metrics_exist(self, exposed_names: set[str]) -> None:

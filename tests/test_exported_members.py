@@ -8,7 +8,7 @@ import pytest
 
 PUBLIC = {
     "shardwise": ["__version__"],
-    "shardwise.testing": ["ScriptedStream", "StreamsServer"],
+    "shardwise.testing": ["ScriptedKinesisStream", "ScriptedStream", "StreamsServer"],
     "shardwise.records": [
         "DYNAMODB_SHAPE",
         "KINESIS_SHAPE",

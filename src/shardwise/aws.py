@@ -1,7 +1,8 @@
 """What every AWS client shardwise opens shares: one session, no retries of botocore's own,
 bounded pools, and endpoints resolved the way botocore resolves them.
 
-Endpoints, for each service (``dynamodbstreams``, ``dynamodb``, ``sqs``, ``sns``, ``s3``):
+Endpoints, for each service (``dynamodbstreams``, ``dynamodb``, ``kinesis``, ``sqs``, ``sns``,
+``s3``):
 
 1. ``aws.endpoints.<service>`` (a VPC interface endpoint for one service);
 2. ``aws.endpoint_url`` (one switch for a local emulator: moto, LocalStack);

@@ -48,9 +48,25 @@ class RecordShape:
     arrival: str  # when the record reached the stream, epoch seconds, under body
     partition: str  # what a record's lane is chosen by, under body
     batch_info: str  # the on-failure record's batch description (Lambda's key)
+    # A user record split out of an aggregate (Kinesis KPL) carries its index in the
+    # aggregate under this key, next to the aggregate's sequence number.
+    sub_sequence: str | None = None
 
     def sequence_number(self, record: StreamRecord) -> SequenceNumber:
-        return SequenceNumber(record[self.body][self.sequence])
+        """The record's position: its sequence number, or for a user record split out of an
+        aggregate ``<sequence number>:<sub-sequence number>`` (what is checkpointed)."""
+        body = record[self.body]
+        if self.sub_sequence is not None and self.sub_sequence in body:
+            return SequenceNumber(f"{body[self.sequence]}:{body[self.sub_sequence]}")
+        return SequenceNumber(body[self.sequence])
+
+    def identifiers(self, record: StreamRecord) -> tuple[str, ...]:
+        """What a handler may name the record by in ``batchItemFailures``: its position,
+        and for a user record of an aggregate also the aggregate's sequence number (the
+        one the handler sees; it names the aggregate's first record in the batch)."""
+        position = self.sequence_number(record)
+        plain = record[self.body][self.sequence]
+        return (position,) if position == plain else (position, plain)
 
     def arrival_time(self, record: StreamRecord) -> float | None:
         """Epoch seconds, when the record carries them."""
@@ -65,7 +81,12 @@ DYNAMODB_SHAPE = RecordShape(
     "dynamodb", "SequenceNumber", "ApproximateCreationDateTime", "Keys", "DDBStreamBatchInfo"
 )
 KINESIS_SHAPE = RecordShape(
-    "kinesis", "sequenceNumber", "approximateArrivalTimestamp", "partitionKey", "KinesisBatchInfo"
+    "kinesis",
+    "sequenceNumber",
+    "approximateArrivalTimestamp",
+    "partitionKey",
+    "KinesisBatchInfo",
+    sub_sequence="subSequenceNumber",
 )
 _SHAPES = (DYNAMODB_SHAPE, KINESIS_SHAPE)
 
@@ -87,6 +108,7 @@ class StartingPosition(enum.StrEnum):
 
     TRIM_HORIZON = "TRIM_HORIZON"
     LATEST = "LATEST"
+    AT_TIMESTAMP = "AT_TIMESTAMP"  # Kinesis only: StartingPositionTimestamp
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +169,10 @@ class RecordPage:
 
     records: Sequence[StreamRecord]
     next_iterator: str | None
+    # How far the page is behind the shard's tip (Kinesis MillisBehindLatest), when told.
+    millis_behind_latest: int | None = None
+    # At a closed shard's end, the shards that continue it, when told (Kinesis ChildShards).
+    child_shards: tuple[Shard, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

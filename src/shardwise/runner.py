@@ -50,16 +50,18 @@ def plan_registrations(
 
     The processor's ``starting_position`` applies only the first time it meets a stream:
     with LATEST, closed shards then hold only past records and are marked finished, open ones
-    start at LATEST. Every shard that appears later (splits, rollovers) starts at
+    start at LATEST; with AT_TIMESTAMP every shard starts at the timestamp (a closed one may
+    hold records after it). Every shard that appears later (splits, rollovers) starts at
     TRIM_HORIZON, so nothing written to it is skipped.
     """
-    latest = first_time and starting_position is StartingPosition.LATEST
+    start = starting_position if first_time else StartingPosition.TRIM_HORIZON
+    latest = start is StartingPosition.LATEST
     return [
         ShardRegistration(
             shard_id=shard.shard_id,
             parent_shard_id=shard.parent_shard_id,
             adjacent_parent_shard_id=shard.adjacent_parent_shard_id,
-            start_position=StartingPosition.LATEST if latest else StartingPosition.TRIM_HORIZON,
+            start_position=start,
             finished=latest and shard.closed,
         )
         for shard in new_shards
@@ -89,7 +91,9 @@ def _record_filter(config: ProcessorConfig) -> RecordFilter | None:
     if config.filter_criteria is None:
         return None
     record_filter = compile_filters([f.pattern for f in config.filter_criteria.filters])
-    for note in record_filter.notes:
+    # The notes read patterns against DynamoDB's record shape; a Kinesis record has another.
+    notes = record_filter.notes if config.source.kind == "dynamodb" else ()
+    for note in notes:
         log.warning(
             "filter pattern may not match what it means to",
             processor=config.name,
@@ -243,6 +247,23 @@ class ProcessorRunner:
         log.info("shards discovered", new=inserted, listed=len(listing.shards))
         return inserted
 
+    async def _register_children(self, shard_id: ShardId, children: Sequence[Shard]) -> None:
+        """Register the children a finished shard's last page named (Kinesis ChildShards)
+        at once, on whichever worker read it; the sync leader's listing finds them too, so
+        a store error here only costs the time until then."""
+        if not children:
+            return
+        plan = plan_registrations(children, self.config.starting_position, first_time=False)
+        try:
+            inserted = await self._store.register_shards(
+                self.config.name, self._source.stream_arn, plan
+            )
+        except StoreError as exc:
+            log.warning("registering child shards failed", shard=shard_id, error=str(exc))
+            return
+        if inserted:
+            log.info("child shards registered", shard=shard_id, new=inserted)
+
     # -- consumers -------------------------------------------------------------------------
 
     def _start(self, lease: Lease, tasks: asyncio.TaskGroup) -> None:
@@ -284,6 +305,7 @@ class ProcessorRunner:
         finally:
             await self._leases.release(lease)
         if outcome is ShardOutcome.FINISHED:
+            await self._register_children(shard_id, consumer.child_shards)
             self._wake.set()
         elif not self._stop.is_set():
             self._progress.gone(shard_id)  # another worker has it now, or it left the stream

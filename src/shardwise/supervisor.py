@@ -40,6 +40,7 @@ from shardwise.functions import Function, open_processor, prepare
 from shardwise.gc_policy import GcPolicy
 from shardwise.leases import LeaseCoordinator
 from shardwise.observe.progress import ProcessorProgress
+from shardwise.records import StreamRecord
 from shardwise.runner import ProcessorRunner
 from shardwise.sources.dynamodb import DynamoDBStreamsSource, resolve_stream_arn
 from shardwise.sources.dynamodb_raw import (
@@ -47,6 +48,9 @@ from shardwise.sources.dynamodb_raw import (
     RawStreamsClient,
     open_raw_client,
 )
+from shardwise.sources.kinesis import KinesisSource
+from shardwise.sources.kinesis import resolve_stream_arn as resolve_kinesis_arn
+from shardwise.sources.sigv4 import KINESIS
 from shardwise.store import CheckpointStore
 
 __all__ = ["Supervisor"]
@@ -74,15 +78,42 @@ class _Connections:
     stack: AsyncExitStack
     streams: Any = None  # the aiobotocore client (transport: aiobotocore)
     raw: RawStreamsClient | None = None  # the raw client (transport: raw)
+    kinesis: RawStreamsClient | None = None  # the Kinesis client, once a processor needs it
     tables: Any = None
 
-    def source(self, stream_arn: str) -> ShardSource:
+    async def source(self, config: ProcessorConfig, stream_arn: str) -> ShardSource:
+        kinesis = config.source.kinesis
+        if kinesis is not None:
+            return KinesisSource(
+                await self.kinesis_client(),
+                stream_arn,
+                at_timestamp=config.starting_position_timestamp,
+                deaggregate=kinesis.deaggregate,
+                identity_arn=kinesis.invoke_identity_arn,
+                on_corrupt=functools.partial(_corrupt_aggregate, config.name),
+            )
         if self.raw is not None:
             return RawDynamoDBStreamsSource(self.raw, stream_arn)
         return DynamoDBStreamsSource(self.streams, stream_arn)
 
+    async def kinesis_client(self) -> RawStreamsClient:
+        """The Kinesis client every Kinesis processor shares, opened when first asked for
+        (Kinesis is always read through the raw client)."""
+        if self.kinesis is None:
+            self.kinesis = await open_raw_client(
+                self.aws, max_connections=AWS_MAX_CONNECTIONS, api=KINESIS
+            )
+            self.stack.push_async_callback(self.kinesis.close)
+        return self.kinesis
+
     async def stream_arn(self, config: ProcessorConfig) -> str:
+        kinesis = config.source.kinesis
+        if kinesis is not None:
+            if kinesis.stream_arn:
+                return kinesis.stream_arn
+            return await resolve_kinesis_arn(await self.kinesis_client(), str(kinesis.stream_name))
         source = config.source.dynamodb
+        assert source is not None
         if source.stream_arn:
             return source.stream_arn
         if self.tables is None:
@@ -94,6 +125,16 @@ class _Connections:
                 )
             )
         return await resolve_stream_arn(self.tables, str(source.table))
+
+
+def _corrupt_aggregate(processor: str, record: StreamRecord, reason: str) -> None:
+    """A KPL aggregate that could not be split: it is delivered whole, and said so."""
+    log.warning(
+        "KPL aggregate delivered as one record: it could not be split",
+        processor=processor,
+        event_id=record.get("eventID"),
+        reason=reason,
+    )
 
 
 class Supervisor:
@@ -362,7 +403,7 @@ class Supervisor:
         )
         return ProcessorRunner(
             config,
-            source=connections.source(arn),
+            source=await connections.source(config, arn),
             processor=processor,
             store=connections.store,
             leases=leases,

@@ -7,6 +7,7 @@ import argparse
 import io
 import json
 import textwrap
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -141,6 +142,101 @@ CFN_JSON: dict[str, Any] = {
     }
 }
 
+KINESIS_ARN = "arn:aws:kinesis:us-east-1:123456789012:stream/clicks"
+CLICKS_DLQ = "arn:aws:sqs:us-east-1:123456789012:clicks-dlq"
+CLICK_EVENTS = '{"data": {"type": ["click"]}}'
+NEW_YEAR = datetime(2026, 1, 1, tzinfo=UTC)  # 1767225600 epoch seconds
+
+# A SAM template whose function reads a KMS-encrypted Kinesis stream through a Kinesis event
+# with every setting, and a second mapping through an enhanced fan-out consumer.
+KINESIS_SAM_TEMPLATE = textwrap.dedent(
+    """\
+    AWSTemplateFormatVersion: '2010-09-09'
+    Transform: AWS::Serverless-2016-10-31
+    Resources:
+      ClicksStream:
+        Type: AWS::Kinesis::Stream
+        Properties:
+          Name: clicks
+          ShardCount: 4
+          StreamEncryption: {EncryptionType: KMS, KeyId: alias/clicks}
+      ClicksDlq:
+        Type: AWS::SQS::Queue
+      ClicksConsumer:
+        Type: AWS::Kinesis::StreamConsumer
+        Properties:
+          ConsumerName: audit
+          StreamARN: !GetAtt ClicksStream.Arn
+      ClicksFunction:
+        Type: AWS::Serverless::Function
+        Properties:
+          FunctionName: clicks-counter
+          Runtime: python3.12
+          Handler: app.clicks.handler
+          Events:
+            Clicks:
+              Type: Kinesis
+              Properties:
+                Stream: !GetAtt ClicksStream.Arn
+                StartingPosition: TRIM_HORIZON
+                BatchSize: 200
+                MaximumBatchingWindowInSeconds: 10
+                ParallelizationFactor: 1
+                BisectBatchOnFunctionError: true
+                MaximumRetryAttempts: 5
+                MaximumRecordAgeInSeconds: 3600
+                FunctionResponseTypes: [ReportBatchItemFailures]
+                TumblingWindowInSeconds: 60
+                DestinationConfig:
+                  OnFailure:
+                    Type: SQS
+                    Destination: !GetAtt ClicksDlq.Arn
+                FilterCriteria:
+                  Filters:
+                    - Pattern: '{"data": {"type": ["click"]}}'
+                KmsKeyArn: arn:aws:kms:us-east-1:123456789012:key/0f3c
+                MetricsConfig: {Metrics: [EventCount]}
+            Jobs:
+              Type: SQS
+              Properties:
+                Queue: !GetAtt ClicksDlq.Arn
+      AuditFunction:
+        Type: AWS::Serverless::Function
+        Properties: {FunctionName: clicks-audit, Runtime: python3.12, Handler: audit.handler}
+      AuditMapping:
+        Type: AWS::Lambda::EventSourceMapping
+        Properties:
+          FunctionName: !Ref AuditFunction
+          EventSourceArn: !GetAtt ClicksConsumer.ConsumerARN
+          StartingPosition: AT_TIMESTAMP
+          StartingPositionTimestamp: 1767225600
+          ParallelizationFactor: 4
+    """
+)
+
+# What `aws lambda get-event-source-mapping` prints for a Kinesis mapping at a timestamp.
+KINESIS_GET_ESM: dict[str, Any] = {
+    "UUID": "2b7c1e8a-4f0d-4b0e-9a51-1f1d6c1c3a90",
+    "StartingPosition": "AT_TIMESTAMP",
+    "StartingPositionTimestamp": 1767225600.0,
+    "BatchSize": 500,
+    "MaximumBatchingWindowInSeconds": 1,
+    "ParallelizationFactor": 2,
+    "EventSourceArn": KINESIS_ARN,
+    "FunctionArn": "arn:aws:lambda:us-east-1:123456789012:function:clicks-counter",
+    "LastModified": 1767225000.0,
+    "LastProcessingResult": "No records processed",
+    "State": "Enabled",
+    "StateTransitionReason": "User action",
+    "DestinationConfig": {"OnFailure": {"Destination": CLICKS_DLQ}},
+    "MaximumRecordAgeInSeconds": 86400,
+    "BisectBatchOnFunctionError": False,
+    "MaximumRetryAttempts": 10,
+    "TumblingWindowInSeconds": 0,
+    "FunctionResponseTypes": [],
+    "EventSourceMappingArn": "arn:aws:lambda:us-east-1:123456789012:event-source-mapping:2b7c1e8a",
+}
+
 # Keys the importer writes that shardwise.config may not know yet; stripped before loading (below).
 NEW_KEYS = ("parallelization_factor", "tumbling_window_in_seconds", "filter_criteria")
 
@@ -173,6 +269,7 @@ class TestGetEventSourceMapping:
         output = esm_to_processor_yaml(json.dumps(GET_ESM))
         (processor,) = load(output).processors
         assert processor.name == "orders-view"
+        assert processor.source.dynamodb is not None
         assert processor.source.dynamodb.stream_arn == STREAM_ARN
         assert processor.starting_position == "LATEST"
         assert processor.batch_size == 500
@@ -302,6 +399,8 @@ class TestSamTemplate:
     def test_mappings_and_dynamodb_events_become_processors(self) -> None:
         settings = load(esm_to_processor_yaml(SAM_TEMPLATE), env=self.ENV)
         orders, audit = settings.processors
+        assert orders.source.dynamodb is not None
+        assert audit.source.dynamodb is not None
         assert (orders.name, orders.source.dynamodb.table, orders.batch_size) == (
             "OrdersFunction",
             "Orders",
@@ -328,7 +427,7 @@ class TestSamTemplate:
 
     def test_other_event_sources_are_skipped_and_named(self) -> None:
         output = esm_to_processor_yaml(SAM_TEMPLATE)
-        assert "# Skipped, not DynamoDB Streams: OrdersFunction.Events.Jobs (SQS)." in output
+        assert "# Skipped, not DynamoDB or Kinesis: OrdersFunction.Events.Jobs (SQS)." in output
 
     def test_unresolvable_intrinsics_do_not_crash(self) -> None:
         template = SAM_TEMPLATE.replace(
@@ -369,13 +468,19 @@ class TestIntrinsics:
 class TestCloudFormationJson:
     """A JSON template with two DynamoDB mappings and one Kinesis mapping."""
 
-    def test_two_mappings_two_processors(self) -> None:
+    def test_each_mapping_a_processor(self) -> None:
         output = esm_to_processor_yaml(json.dumps(CFN_JSON))
-        inserts, shipped = load(output).processors
+        inserts, shipped, clicks = load(output).processors
         assert (inserts.name, shipped.name) == ("orders-view-1", "orders-view-2")
         assert (inserts.starting_position, shipped.starting_position) == ("TRIM_HORIZON", "LATEST")
         assert shipped.reports_batch_item_failures
-        assert "# Skipped, not DynamoDB Streams: ClicksMapping (Kinesis)." in output
+        assert (inserts.source.kind, shipped.source.kind) == ("dynamodb", "dynamodb")
+        assert clicks.name == "clicks"
+        assert clicks.source.kinesis is not None
+        assert clicks.source.kinesis.stream_arn == (
+            "arn:aws:kinesis:us-east-2:123456789012:stream/clicks"
+        )
+        assert "Skipped" not in output
 
     def test_a_pattern_written_as_yaml_is_kept_as_json(self) -> None:
         mapping = CFN_JSON["Resources"]["InsertsMapping"]["Properties"]
@@ -409,24 +514,184 @@ class TestFilterPatterns:
         assert "DynamoDB numbers are strings" in esm_to_processor_yaml(json.dumps(mapping))
 
 
+class TestKinesisSamTemplate:
+    """A SAM Kinesis event and a mapping through an enhanced fan-out consumer, both loaded."""
+
+    ENV: ClassVar[dict[str, str]] = {"CLICKS_DLQ_ARN": CLICKS_DLQ}
+
+    def test_every_setting_of_the_event_loads(self) -> None:
+        output = esm_to_processor_yaml(KINESIS_SAM_TEMPLATE)
+        clicks, _ = load(output, env=self.ENV).processors
+        assert clicks.name == "clicks-counter"
+        assert clicks.source.kind == "kinesis"
+        assert clicks.source.kinesis is not None
+        assert clicks.source.kinesis.stream_name == "clicks"  # the stream resource's Name
+        assert clicks.starting_position == "TRIM_HORIZON"
+        assert clicks.batch_size == 200
+        assert clicks.maximum_batching_window_in_seconds == 10
+        assert clicks.parallelization_factor == 1
+        assert clicks.bisect_batch_on_function_error
+        assert clicks.maximum_retry_attempts == 5
+        assert clicks.maximum_record_age_in_seconds == 3600
+        assert clicks.reports_batch_item_failures
+        assert clicks.tumbling_window_in_seconds == 60
+        assert clicks.destination_config is not None
+        assert clicks.destination_config.on_failure.destination == CLICKS_DLQ
+        assert clicks.filter_criteria is not None
+        assert [f.pattern for f in clicks.filter_criteria.filters] == [CLICK_EVENTS]
+        assert "stream_name: clicks  # EventSourceArn: !GetAtt ClicksStream.Arn" in output
+
+    def test_kinesis_only_settings_shardwise_lacks_are_listed(self) -> None:
+        output = esm_to_processor_yaml(KINESIS_SAM_TEMPLATE)
+        clicks = output[output.index("from ClicksFunction.Events.Clicks") :]
+        clicks = clicks[: clicks.index("  - name:")]
+        listed = clicks[clicks.index("# Not carried over") :]
+        assert '#   KmsKeyArn: "arn:aws:kms:us-east-1:123456789012:key/0f3c"' in listed
+        assert '#   MetricsConfig: {"Metrics": ["EventCount"]}' in listed
+
+    def test_a_fan_out_consumer_becomes_its_stream_and_is_listed(self) -> None:
+        output = esm_to_processor_yaml(KINESIS_SAM_TEMPLATE)
+        _, audit = load(output, env=self.ENV).processors
+        assert audit.name == "clicks-audit"
+        assert audit.source.kinesis is not None
+        assert audit.source.kinesis.stream_name == "clicks"  # the consumer's StreamARN
+        assert audit.parallelization_factor == 4
+        assert audit.starting_position == "AT_TIMESTAMP"
+        assert audit.starting_position_timestamp == NEW_YEAR
+        audit_yaml = output[output.index("from AuditMapping") :]
+        assert "was enhanced fan-out consumer audit" in comment_of(audit_yaml, "stream_name")
+        assert (
+            '#   EventSourceArn (enhanced fan-out consumer): {"Fn::GetAtt": '
+            '["ClicksConsumer", "ConsumerARN"]}' in output
+        )
+
+    def test_other_events_are_still_skipped(self) -> None:
+        output = esm_to_processor_yaml(KINESIS_SAM_TEMPLATE)
+        assert "# Skipped, not DynamoDB or Kinesis: ClicksFunction.Events.Jobs (SQS)." in output
+
+    def test_patterns_get_no_dynamodb_notes_but_rejections(self) -> None:
+        """Notes on DynamoDB records' shape would be wrong about a Kinesis record's."""
+        output = esm_to_processor_yaml(KINESIS_SAM_TEMPLATE)
+        assert "stream records have no field" not in output  # 'data' is a Kinesis field
+        bad = KINESIS_SAM_TEMPLATE.replace(CLICK_EVENTS, '{"data": "click"}')
+        assert "# Lambda and shardwise reject this pattern at data:" in esm_to_processor_yaml(bad)
+
+
+class TestKinesisGetEventSourceMapping:
+    """get-event-source-mapping JSON of a Kinesis mapping, StartingPosition AT_TIMESTAMP."""
+
+    def test_every_setting_loads(self) -> None:
+        output = esm_to_processor_yaml(json.dumps(KINESIS_GET_ESM))
+        (processor,) = load(output).processors
+        assert processor.name == "clicks-counter"
+        assert processor.source.kinesis is not None
+        assert processor.source.kinesis.stream_arn == KINESIS_ARN
+        assert processor.starting_position == "AT_TIMESTAMP"
+        assert processor.starting_position_timestamp == NEW_YEAR
+        assert processor.batch_size == 500
+        assert processor.maximum_batching_window_in_seconds == 1
+        assert processor.parallelization_factor == 2
+        assert not processor.bisect_batch_on_function_error
+        assert processor.maximum_retry_attempts == 10
+        assert processor.maximum_record_age_in_seconds == 86400
+        assert processor.tumbling_window_in_seconds == 0
+        assert not processor.reports_batch_item_failures
+        assert processor.enabled
+        assert processor.destination_config is not None
+        assert processor.destination_config.on_failure.destination == CLICKS_DLQ
+        assert "# Not carried over" not in output  # every key has a setting, or is a fact
+
+    @pytest.mark.parametrize(
+        "timestamp",
+        [
+            1767225600.0,  # the API, and the AWS CLI v1
+            1767225600,  # CloudFormation's Number
+            "2026-01-01T00:00:00+00:00",  # the AWS CLI v2 (cli_timestamp_format: iso8601)
+            "2026-01-01T01:00:00+01:00",
+        ],
+    )
+    def test_timestamp_is_written_as_iso_8601_utc(self, timestamp: float | str) -> None:
+        mapping = {**KINESIS_GET_ESM, "StartingPositionTimestamp": timestamp}
+        output = esm_to_processor_yaml(json.dumps(mapping))
+        written = yaml.safe_load(output)["processors"][0]["starting_position_timestamp"]
+        assert written == "2026-01-01T00:00:00Z"
+        assert load(output).processors[0].starting_position_timestamp == NEW_YEAR
+
+    def test_fan_out_consumer_arn(self) -> None:
+        consumer = f"{KINESIS_ARN}/consumer/audit:1767225000"
+        output = esm_to_processor_yaml(json.dumps({**KINESIS_GET_ESM, "EventSourceArn": consumer}))
+        (processor,) = load(output).processors
+        assert processor.source.kinesis is not None
+        assert processor.source.kinesis.stream_arn == KINESIS_ARN
+        assert f'#   EventSourceArn (enhanced fan-out consumer): "{consumer}"' in output
+
+    def test_kms_key_and_metrics_are_listed(self) -> None:
+        extra: dict[str, Any] = {
+            "KMSKeyArn": "arn:aws:kms:us-east-1:123456789012:key/0f3c",
+            "MetricsConfig": {"Metrics": ["EventCount"]},
+        }
+        output = esm_to_processor_yaml(json.dumps({**KINESIS_GET_ESM, **extra}))
+        tail = output[output.index("# Not carried over") :]
+        assert '#   KMSKeyArn: "arn:aws:kms:us-east-1:123456789012:key/0f3c"' in tail
+        assert '#   MetricsConfig: {"Metrics": ["EventCount"]}' in tail
+
+    def test_intrinsic_stream_and_timestamp(self) -> None:
+        """An ARN from a parameter is taken as Kinesis by AT_TIMESTAMP (Kinesis only), and an
+        epoch-seconds timestamp from a variable loads."""
+        props = {
+            "FunctionName": "clicks",
+            "EventSourceArn": {"Ref": "ClicksStreamArn"},
+            "StartingPosition": "AT_TIMESTAMP",
+            "StartingPositionTimestamp": {"Ref": "StartAt"},
+        }
+        template = {"Resources": {"M": {"Type": ESM_TYPE, "Properties": props}}}
+        output = esm_to_processor_yaml(json.dumps(template))
+        assert "stream_arn: ${CLICKS_STREAM_ARN}" in output
+        env = {"CLICKS_STREAM_ARN": KINESIS_ARN, "START_AT": "1767225600"}
+        (processor,) = load(output, env=env).processors
+        assert processor.source.kinesis is not None
+        assert processor.starting_position_timestamp == NEW_YEAR
+
+    def test_sub_arn_names_its_service(self) -> None:
+        arn = "arn:${AWS::Partition}:kinesis:${AWS::Region}:${AWS::AccountId}:stream/clicks"
+        props = {
+            "FunctionName": "f",
+            "EventSourceArn": {"Fn::Sub": arn},
+            "StartingPosition": "LATEST",
+        }
+        template = {"Resources": {"M": {"Type": ESM_TYPE, "Properties": props}}}
+        env = {"AWS_PARTITION": "aws", "AWS_REGION": "us-east-1", "AWS_ACCOUNT_ID": "123456789012"}
+        (processor,) = load(esm_to_processor_yaml(json.dumps(template)), env=env).processors
+        assert processor.source.kinesis is not None
+        assert processor.source.kinesis.stream_arn == KINESIS_ARN
+
+
 class TestRejected:
-    """Sources other than DynamoDB Streams, and input that is not a mapping."""
+    """Sources other than DynamoDB Streams and Kinesis, and input that is not a mapping."""
 
     @pytest.mark.parametrize(
         ("arn", "service"),
         [
-            ("arn:aws:kinesis:us-east-2:123456789012:stream/clicks", "Kinesis"),
             ("arn:aws:sqs:us-east-2:123456789012:jobs", "SQS"),
             ("arn:aws:kafka:us-east-2:123456789012:cluster/c/1", "Amazon MSK"),
+            ("arn:aws:mq:us-east-2:123456789012:broker:b:b-1", "Amazon MQ"),
         ],
     )
     def test_other_sources(self, arn: str, service: str) -> None:
-        with pytest.raises(EsmImportError, match=rf"no DynamoDB stream to import .*\({service}\)"):
+        with pytest.raises(
+            EsmImportError, match=rf"no DynamoDB or Kinesis stream to import .*\({service}\)"
+        ):
             esm_to_processor_yaml(json.dumps({**GET_ESM, "EventSourceArn": arn}))
 
-    def test_template_without_dynamodb(self) -> None:
-        template = {"Resources": {"ClicksMapping": CFN_JSON["Resources"]["ClicksMapping"]}}
-        with pytest.raises(EsmImportError, match=r"ClicksMapping \(Kinesis\)"):
+    def test_template_without_streams(self) -> None:
+        props = {"FunctionName": "jobs", "EventSourceArn": {"Fn::GetAtt": ["JobsQueue", "Arn"]}}
+        template = {
+            "Resources": {
+                "JobsMapping": {"Type": ESM_TYPE, "Properties": props},
+                "JobsQueue": {"Type": "AWS::SQS::Queue"},
+            }
+        }
+        with pytest.raises(EsmImportError, match=r"JobsMapping \(SQS\)"):
             esm_to_processor_yaml(json.dumps(template))
 
     @pytest.mark.parametrize(
@@ -473,8 +738,8 @@ class TestCommand:
         assert "error: cannot read" in capsys.readouterr().err
 
     def test_unsupported(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        source = tmp_path / "kinesis.json"
-        source.write_text(json.dumps({**GET_ESM, "EventSourceArn": "arn:aws:kinesis:r:1:stream/s"}))
+        source = tmp_path / "sqs.json"
+        source.write_text(json.dumps({**GET_ESM, "EventSourceArn": "arn:aws:sqs:r:1:jobs"}))
         assert self.run(str(source)) == 2
         captured = capsys.readouterr()
-        assert (captured.out, "(Kinesis)" in captured.err) == ("", True)
+        assert (captured.out, "(SQS)" in captured.err) == ("", True)

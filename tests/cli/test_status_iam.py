@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -46,10 +47,11 @@ def checkpoint(
     counter: int = 0,
     held: timedelta = timedelta(minutes=5, seconds=2),
     handoff_to: str | None = None,
+    stream_arn: str = ARN,
 ) -> ShardLease:
     row = ShardCheckpoint(
         processor=processor,
-        stream_arn=ARN,
+        stream_arn=stream_arn,
         shard_id=ShardId(shard),
         parent_shard_id=None if parent is None else ShardId(parent),
         sequence_number=None if sequence is None else SequenceNumber(sequence),
@@ -136,6 +138,20 @@ class TestFormatStatus:
             f"  stream {ARN}",
             "    worker w1: 0 lease(s), heartbeat 0s ago",
         ]
+
+    def test_kinesis_processor(self) -> None:
+        """A Kinesis processor is reported like any other, under its stream's ARN; status
+        reads only the store, so a stream given by name needs no AWS call."""
+        settings = config(kinesis_processor("clicks", "{stream_name: clicks}"))
+        lease = checkpoint(
+            "shardId-000000000000", "4960", processor="clicks", owner="w1", stream_arn=KINESIS_ARN
+        )
+        text = format_status(settings, LeaseView([lease], []), now=T0)
+        lines = text.splitlines()[3:]
+        assert lines[0].startswith("processor clicks: 1 shard(s), 1 reading (1 leased)")
+        assert lines[1] == f"  stream {KINESIS_ARN}"
+        assert lines[3].split()[:4] == ["shardId-000000000000", "4960", "no", "w1"]
+        assert "no checkpoints yet" in format_status(settings, LeaseView([], []), now=T0)
 
     @pytest.mark.parametrize(
         ("seconds", "text"),
@@ -328,3 +344,99 @@ class TestIamPolicy:
 
 def destination(target: str) -> str:
     return f"    destination_config: {{on_failure: {{destination: '{target}'}}}}\n"
+
+
+KINESIS_ARN = "arn:aws:kinesis:us-east-1:123456789012:stream/clicks"
+KINESIS_READ = [
+    "kinesis:DescribeStreamSummary",
+    "kinesis:GetRecords",
+    "kinesis:GetShardIterator",
+    "kinesis:ListShards",
+]
+
+
+def kinesis_processor(name: str, source: str, extra: str = "") -> str:
+    return (
+        f"  - name: {name}\n    source: {{kinesis: {source}}}\n    handler: m:h\n"
+        f"    starting_position: LATEST\n{extra}"
+    )
+
+
+def decrypt(streams: list[str]) -> dict[str, Any]:
+    """kms:Decrypt on any key, only as Kinesis uses it for these streams."""
+    context = {"kms:EncryptionContext:aws:kinesis:arn": streams}
+    return allow("DecryptKinesisRecords", ["kms:Decrypt"], ["*"], Condition={"StringLike": context})
+
+
+class TestIamPolicyKinesis:
+    """Kinesis sources: read actions on each stream, and kms:Decrypt for its records."""
+
+    def test_stream_name_with_region(self) -> None:
+        """A stream by name: its ARN in aws.region, any account; DescribeStreamSummary
+        resolves it. No DynamoDB statement for a config without a DynamoDB source."""
+        settings = config(
+            kinesis_processor("clicks", "{stream_name: clicks}"), top="aws: {region: eu-west-1}"
+        )
+        stream = "arn:aws:kinesis:eu-west-1:*:stream/clicks"
+        assert statements(settings) == [
+            allow("ReadKinesisStreams", KINESIS_READ, [stream]),
+            decrypt([stream]),
+        ]
+
+    def test_stream_name_without_region_and_partitions(self) -> None:
+        """No region: any region; China and GovCloud regions get their partitions."""
+        [read, _] = statements(config(kinesis_processor("c", "{stream_name: clicks}")))
+        assert read["Resource"] == ["arn:aws:kinesis:*:*:stream/clicks"]
+        for region, partition in (("cn-north-1", "aws-cn"), ("us-gov-west-1", "aws-us-gov")):
+            settings = config(
+                kinesis_processor("c", "{stream_name: clicks}"), top=f"aws: {{region: {region}}}"
+            )
+            assert statements(settings)[0]["Resource"] == [
+                f"arn:{partition}:kinesis:{region}:*:stream/clicks"
+            ]
+
+    def test_stream_arn_exact_and_merged(self) -> None:
+        """A stream ARN is used as it is; two processors on one stream share the resource."""
+        settings = config(
+            kinesis_processor("a", f"{{stream_arn: '{KINESIS_ARN}'}}")
+            + kinesis_processor("b", f"{{stream_arn: '{KINESIS_ARN}'}}")
+        )
+        assert statements(settings) == [
+            allow("ReadKinesisStreams", KINESIS_READ, [KINESIS_ARN]),
+            decrypt([KINESIS_ARN]),
+        ]
+
+    @pytest.mark.parametrize(
+        ("context", "allowed"),
+        [
+            ("arn:aws:kinesis:us-east-1:123456789012:stream/clicks", True),
+            ("arn:aws:kinesis:us-east-1:210987654321:stream/clicks", True),  # any account
+            ("arn:aws:kinesis:us-east-1:123456789012:stream/orders", False),
+            ("arn:aws:kinesis:us-east-1:123456789012:stream/clicks-archive", False),
+            ("arn:aws:kinesis:eu-west-1:123456789012:stream/clicks", False),
+        ],
+    )
+    def test_decrypt_is_limited_to_these_streams(self, context: str, allowed: bool) -> None:
+        """Kinesis calls KMS with the stream's ARN as encryption context: the StringLike
+        patterns (IAM's * is fnmatch's) admit only the configured streams' ARNs."""
+        settings = config(
+            kinesis_processor("c", "{stream_name: clicks}"), top="aws: {region: us-east-1}"
+        )
+        [statement] = [s for s in statements(settings) if s["Action"] == ["kms:Decrypt"]]
+        patterns = statement["Condition"]["StringLike"]["kms:EncryptionContext:aws:kinesis:arn"]
+        assert any(fnmatch.fnmatchcase(context, pattern) for pattern in patterns) is allowed
+
+    def test_dynamodb_and_kinesis_together(self) -> None:
+        """DynamoDB statements stay as they are; Kinesis ones follow; destinations last."""
+        queue = "arn:aws:sqs:us-east-1:123456789012:failures"
+        settings = config(
+            processor("orders", f"{{stream_arn: '{ARN}'}}")
+            + kinesis_processor("clicks", f"{{stream_arn: '{KINESIS_ARN}'}}", destination(queue))
+        )
+        assert statements(settings) == [
+            allow("ReadStreams", STREAM_READ, [ARN]),
+            LIST_STREAMS,
+            allow("ReadKinesisStreams", KINESIS_READ, [KINESIS_ARN]),
+            decrypt([KINESIS_ARN]),
+            allow("SendFailuresToSqs", ["sqs:SendMessage"], [queue]),
+        ]

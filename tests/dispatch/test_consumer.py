@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from shardwise.dispatch.consumer import ConsumerSettings, ShardConsumer, ShardOutcome
+from shardwise.dispatch.protocols import MAX_RECORDS_PER_CALL
 from shardwise.errors import ExpiredIteratorError, LeaseLostError
 from shardwise.observe.progress import ProcessorProgress
 from shardwise.records import (
@@ -40,6 +41,7 @@ class PagedSource:
 
     pages: list[list[StreamRecord]]
     stream_arn: str = ARN
+    records_per_call: int = MAX_RECORDS_PER_CALL
 
     async def describe(self) -> ShardListing:
         raise NotImplementedError
@@ -197,6 +199,7 @@ class BacklogSource:
     fail: dict[int, Exception] = field(default_factory=dict)
     reads: list[int] = field(default_factory=list)
     stream_arn: str = ARN
+    records_per_call: int = MAX_RECORDS_PER_CALL
 
     async def describe(self) -> ShardListing:
         raise NotImplementedError

@@ -17,6 +17,7 @@ Where the conformance examples come from (the ``id`` of each case starts with it
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any, ClassVar
 
@@ -711,3 +712,60 @@ class TestProperties:
     def test_equals_ignore_case_agrees_with_lower(self, value: str, other: str) -> None:
         expected = value.lower() == other.lower()
         assert matches({"f": [{"equals-ignore-case": other}]}, {"f": value}) is expected
+
+
+def kinesis_record(data: bytes, partition_key: str = "pk-1") -> dict[str, Any]:
+    """A Kinesis record in Lambda's shape (AWS's documented example, with ``data``)."""
+    return {
+        "kinesis": {
+            "kinesisSchemaVersion": "1.0",
+            "partitionKey": partition_key,
+            "sequenceNumber": "49590338271490256608559692538361571095921575989136588898",
+            "data": base64.b64encode(data).decode(),
+            "approximateArrivalTimestamp": 1545084650.987,
+        },
+        "eventSource": "aws:kinesis",
+        "eventVersion": "1.0",
+        "eventID": "shardId-000000000006:49590338271490256608559692538361571095921575989136588898",
+        "eventName": "aws:kinesis:record",
+        "invokeIdentityArn": "arn:aws:iam::123456789012:role/lambda-role",
+        "awsRegion": "us-east-2",
+        "eventSourceARN": "arn:aws:kinesis:us-east-2:123456789012:stream/lambda-stream",
+    }
+
+
+class TestKinesis:
+    """Lambda filters Kinesis records on ``data`` parsed as JSON (AWS's documented example)."""
+
+    ORDER = json.dumps(
+        {"record": 12345, "order": {"type": "buy", "stock": "ANYCO", "quantity": 1000}}
+    ).encode()
+
+    def test_the_documented_buy_filter(self) -> None:
+        pattern = {"data": {"order": {"type": ["buy"]}}}
+        assert matches(pattern, kinesis_record(self.ORDER))
+        sell = self.ORDER.replace(b'"buy"', b'"sell"')
+        assert not matches(pattern, kinesis_record(sell))
+
+    def test_numeric_rules_apply_to_json_numbers_in_data(self) -> None:
+        assert matches(
+            {"data": {"order": {"quantity": [{"numeric": [">", 999]}]}}}, kinesis_record(self.ORDER)
+        )
+        assert not matches(
+            {"data": {"order": {"quantity": [{"numeric": [">", 1000]}]}}},
+            kinesis_record(self.ORDER),
+        )
+
+    def test_data_that_is_not_json_is_filtered_out_by_a_data_pattern(self) -> None:
+        assert not matches({"data": {"order": {"type": ["buy"]}}}, kinesis_record(b"buy \xff"))
+        assert not matches({"data": [{"exists": True}]}, kinesis_record(b"plain text"))
+
+    def test_metadata_patterns_apply_whatever_the_data(self) -> None:
+        assert matches({"partitionKey": [{"prefix": "pk-"}]}, kinesis_record(b"\x00\x01"))
+        assert not matches({"partitionKey": ["other"]}, kinesis_record(b"\x00\x01"))
+
+    def test_the_record_itself_is_not_changed(self) -> None:
+        record = kinesis_record(self.ORDER)
+        before = json.dumps(record, sort_keys=True)
+        matches({"data": {"order": {"type": ["buy"]}}}, record)
+        assert json.dumps(record, sort_keys=True) == before

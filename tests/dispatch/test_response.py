@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -40,6 +40,41 @@ class TestPartialFailure:
             ).failed_from
             == 0
         )
+
+
+def user_record(sequence: str, sub: int | None = None) -> StreamRecord:
+    body: dict[str, Any] = {"sequenceNumber": sequence, "partitionKey": "k", "data": ""}
+    if sub is not None:
+        body["subSequenceNumber"] = sub
+    return {"kinesis": body}
+
+
+class TestDeaggregatedRecords:
+    """User records split out of one KPL aggregate share its sequence number."""
+
+    # A plain record, then the user records 1..3 of aggregate "20" (0 was resolved before).
+    BATCH: ClassVar[list[StreamRecord]] = [
+        user_record("10"),
+        *(user_record("20", sub) for sub in (1, 2, 3)),
+        user_record("30"),
+    ]
+
+    def test_a_user_record_is_named_exactly_by_sequence_and_sub_sequence(self) -> None:
+        value = {"batchItemFailures": [{"itemIdentifier": "20:2"}]}
+        assert interpret_response(value, self.BATCH).failed_from == 2
+
+    def test_the_plain_sequence_number_names_the_aggregates_first_record_here(self) -> None:
+        # What an unchanged handler reports: the retry starts at the first sibling in the
+        # batch, so nothing after it is skipped.
+        value = {"batchItemFailures": [{"itemIdentifier": "20"}]}
+        assert interpret_response(value, self.BATCH).failed_from == 1
+
+    def test_a_sub_sequence_not_in_the_batch_fails_the_whole_batch(self) -> None:
+        response = interpret_response(
+            {"batchItemFailures": [{"itemIdentifier": "20:0"}]}, self.BATCH
+        )
+        assert response.failed_from == 0
+        assert response.problem is not None and "20:0" in response.problem
 
 
 class TestWholeBatchFailure:

@@ -1,11 +1,17 @@
 """``shardwise import-esm``: Lambda event source mappings (ESM) as ``processors:`` YAML.
 
 Reads ``aws lambda get-event-source-mapping`` JSON, or a CloudFormation/SAM template (JSON or
-YAML) whose ``AWS::Lambda::EventSourceMapping`` resources and ``DynamoDB`` events of functions
-each become a processor, every key commented with its ESM parameter. The unknowable is said, not
-guessed: the Python handler is ``CHANGE_ME.module.handler``; ``!Ref``/``!GetAtt``/``!Sub`` become
-``${NAME}`` variables for shardwise to expand; settings shardwise does not run yet are flagged;
-ESM keys without a shardwise setting are listed. Non-DynamoDB sources are refused or skipped.
+YAML) whose ``AWS::Lambda::EventSourceMapping`` resources and ``DynamoDB`` and ``Kinesis``
+events of functions each become a processor, every key commented with its ESM parameter. The
+unknowable is said, not guessed: the Python handler is ``CHANGE_ME.module.handler``;
+``!Ref``/``!GetAtt``/``!Sub`` become ``${NAME}`` variables for shardwise to expand; settings
+shardwise does not run yet are flagged; ESM keys without a shardwise setting are listed.
+Sources other than DynamoDB Streams and Kinesis Data Streams are refused or skipped.
+
+A Kinesis mapping's ``StartingPositionTimestamp`` (epoch seconds in the API and in templates)
+is written as ISO 8601 UTC. An enhanced fan-out consumer as ``EventSourceArn`` becomes its
+stream, read with GetRecords (shardwise has no fan-out), and the consumer is listed as not
+carried over.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import json
 import re
 import sys
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +42,7 @@ PLACEHOLDER_HANDLER = "CHANGE_ME.module.handler"
 
 _SETTINGS = {  # ESM parameter -> processor key, copied as they are
     "StartingPosition": "starting_position",
+    "StartingPositionTimestamp": "starting_position_timestamp",  # written as ISO 8601
     "BatchSize": "batch_size",
     "MaximumBatchingWindowInSeconds": "maximum_batching_window_in_seconds",
     "MaximumRetryAttempts": "maximum_retry_attempts",
@@ -51,11 +59,22 @@ _READ = set(  # read into other keys, or facts about the mapping rather than set
     "EventSourceArn FunctionArn FunctionName State Enabled DestinationConfig FilterCriteria UUID "
     "EventSourceMappingArn LastModified LastProcessingResult StateTransitionReason".split()
 )
-_SERVICES = {"kinesis": "Kinesis", "sqs": "SQS", "kafka": "Amazon MSK", "mq": "Amazon MQ"}
+# What a mapping reads: one of _READABLE (ARN service names), or the service shardwise skips.
+_READABLE = ("dynamodb", "kinesis")
+_SERVICES = {"sqs": "SQS", "kafka": "Amazon MSK", "mq": "Amazon MQ"}
 _SERVICES |= {"rds": "DocumentDB", "docdb": "DocumentDB"}
-_RESOURCES = {"AWS::Kinesis::Stream": "Kinesis", "AWS::Kinesis::StreamConsumer": "Kinesis"}
+_RESOURCES = {"AWS::DynamoDB::Table": "dynamodb", "AWS::Kinesis::Stream": "kinesis"}
+_RESOURCES |= {"AWS::Kinesis::StreamConsumer": "kinesis"}
 _RESOURCES |= {"AWS::SQS::Queue": "SQS", "AWS::MSK::Cluster": "Amazon MSK"}
-_SAM_OTHERS = {"Kinesis", "SQS", "MSK", "MQ", "SelfManagedKafka", "DocumentDB"}
+_SAM_READABLE = {"DynamoDB": "dynamodb", "Kinesis": "kinesis"}
+_SAM_OTHERS = {"SQS", "MSK", "MQ", "SelfManagedKafka", "DocumentDB"}
+# An ARN's service, also when built with Fn::Sub (arn:${AWS::Partition}:kinesis:...).
+_ARN_SERVICE = re.compile(r"arn:(?:aws[\w-]*|\$\{[^}]*\}):([\w-]+):")
+# An enhanced fan-out consumer: arn:aws:kinesis:REGION:ACCOUNT:stream/NAME/consumer/C:EPOCH.
+_CONSUMER = re.compile(
+    r"(?P<stream>arn:aws[\w-]*:kinesis:[^:]+:[^:]+:stream/[^/]+)/consumer/(?P<name>[^:/]+)(?::\d+)?"
+)
+_FAN_OUT = "EventSourceArn (enhanced fan-out consumer)"
 
 
 class EsmImportError(ValueError):
@@ -64,11 +83,13 @@ class EsmImportError(ValueError):
 
 @dataclass
 class _Mapping:
-    """One ESM: where it was found, its properties (ESM names) and its function's name."""
+    """One ESM: where it was found, its properties (ESM names), its function's name, and
+    what it reads when its event type says so (a SAM ``Kinesis`` event: ``kinesis``)."""
 
     label: str
     props: dict[str, Any]
     name: str | None = None
+    kind: str | None = None
 
 
 def esm_to_processor_yaml(text: str, *, name: str | None = None, handler: str | None = None) -> str:
@@ -86,22 +107,24 @@ def esm_to_processor_yaml(text: str, *, name: str | None = None, handler: str | 
     found = document.get("Resources")
     resources: dict[str, Any] = found if isinstance(found, dict) else {}
     mappings, skipped = _mappings(document, resources)
-    others = [_other_source(m.props["EventSourceArn"], resources) for m in mappings]
-    skipped += [f"{m.label} ({other})" for m, other in zip(mappings, others, strict=True) if other]
-    if not (kept := [m for m, other in zip(mappings, others, strict=True) if not other]):
+    kinds = [_source_kind(mapping, resources) for mapping in mappings]
+    pairs = list(zip(mappings, kinds, strict=True))
+    skipped += [f"{m.label} ({kind})" for m, kind in pairs if kind not in _READABLE]
+    if not (kept := [(m, kind) for m, kind in pairs if kind in _READABLE]):
         found = "; ".join(skipped) or "nothing"
-        raise EsmImportError(f"no DynamoDB stream to import (found: {found})")
+        raise EsmImportError(f"no DynamoDB or Kinesis stream to import (found: {found})")
     lines = [
         "# From `shardwise import-esm`; comments name each key's ESM parameter. Disable the",
         "# mapping before starting shardwise (both would process the stream). shardwise starts",
-        "# at starting_position: TRIM_HORIZON re-reads up to 24 h, LATEST skips what came between.",
-        *([f"# Skipped, not DynamoDB Streams: {'; '.join(skipped)}."] if skipped else []),
+        "# at starting_position: TRIM_HORIZON re-reads what the stream retains (DynamoDB: 24 h),",
+        "# LATEST skips what came between, AT_TIMESTAMP re-reads from its time.",
+        *([f"# Skipped, not DynamoDB or Kinesis: {'; '.join(skipped)}."] if skipped else []),
         "processors:",
     ]
-    names = [name or mapping.name or "CHANGE_ME" for mapping in kept]
-    for n, (mapping, base) in enumerate(zip(kept, names, strict=True)):
+    names = [name or mapping.name or "CHANGE_ME" for mapping, _ in kept]
+    for n, ((mapping, kind), base) in enumerate(zip(kept, names, strict=True)):
         unique = base if names.count(base) == 1 else f"{base}-{names[:n].count(base) + 1}"
-        lines += _processor(mapping, unique, handler, resources)
+        lines += _processor(mapping, kind, unique, handler, resources)
     return "\n".join(lines) + "\n"
 
 
@@ -140,7 +163,7 @@ def _load(text: str) -> dict[str, Any]:
 def _mappings(
     document: dict[str, Any], resources: dict[str, Any]
 ) -> tuple[list[_Mapping], list[str]]:
-    """Every mapping in an API response or a template; and the SAM events that are not DynamoDB."""
+    """Every mapping in an API response or a template; and the SAM events shardwise skips."""
     mappings, skipped = [], []
     entries = [] if resources else document.get("EventSourceMappings", [document])
     for entry in entries if isinstance(entries, list) else [None]:
@@ -161,11 +184,12 @@ def _mappings(
             event_type = event.get("Type") if isinstance(event, dict) else None
             if event_type in _SAM_OTHERS:
                 skipped.append(f"{logical_id}.Events.{event_id} ({event_type})")
-            elif event_type == "DynamoDB":
+            elif event_type in _SAM_READABLE:
                 settings = dict(event.get("Properties") or {})
                 settings["EventSourceArn"] = settings.pop("Stream", None)
                 name = _function_name({"Ref": logical_id}, resources)
-                mappings.append(_Mapping(f"{logical_id}.Events.{event_id}", settings, name))
+                label, kind = f"{logical_id}.Events.{event_id}", _SAM_READABLE[event_type]
+                mappings.append(_Mapping(label, settings, name, kind))
     return mappings, skipped
 
 
@@ -187,18 +211,36 @@ def _logical_id(ref: object) -> str | None:
     return str(target[0]) if isinstance(target, list) and target else None
 
 
-def _other_source(source: object, resources: dict[str, Any]) -> str | None:
-    """What a mapping reads if not a DynamoDB stream; None if it is, or cannot be told."""
-    if isinstance(source, str) and (found := re.match(r"arn:aws[\w-]*:([\w-]+):", source)):
-        return None if found[1] == "dynamodb" else _SERVICES.get(found[1], found[1])
-    resource = resources.get(_logical_id(source) or "") if isinstance(source, dict) else None
-    return _RESOURCES.get(str(resource.get("Type"))) if isinstance(resource, dict) else None
+def _source_kind(mapping: _Mapping, resources: dict[str, Any]) -> str:
+    """What a mapping reads: ``dynamodb``, ``kinesis`` or the name of a service shardwise does
+    not read. Told by the ARN's service, the resource an intrinsic names, or an ``Fn::Sub``
+    ARN's service; else by the SAM event's type or AT_TIMESTAMP (Kinesis only); else taken
+    to be DynamoDB."""
+    source = mapping.props["EventSourceArn"]
+    text = source if isinstance(source, str) else None
+    if isinstance(source, dict):
+        if kind := _RESOURCES.get(str(_resource(source, resources).get("Type"))):
+            return kind
+        text = json.dumps(source)  # an ARN written with Fn::Sub or Fn::Join names its service
+    if text is not None and (found := _ARN_SERVICE.search(text)):
+        return found[1] if found[1] in _READABLE else _SERVICES.get(found[1], found[1])
+    if mapping.kind is None and mapping.props.get("StartingPosition") == "AT_TIMESTAMP":
+        return "kinesis"
+    return mapping.kind or "dynamodb"
+
+
+def _resource(ref: object, resources: dict[str, Any]) -> dict[str, Any]:
+    """The template resource ``!Ref X`` or ``!GetAtt X.Attr`` names; {} if none."""
+    resource = resources.get(_logical_id(ref) or "")
+    return resource if isinstance(resource, dict) else {}
 
 
 # --- writing ------------------------------------------------------------------------------------
 
 
-def _processor(mapping: _Mapping, name: str, handler: str | None, res: dict[str, Any]) -> list[str]:
+def _processor(
+    mapping: _Mapping, kind: str, name: str, handler: str | None, res: dict[str, Any]
+) -> list[str]:
     props = mapping.props
     lines = [f"  - name: {_scalar(name)}  # FunctionName, or --name; the checkpoint namespace"]
     lines.append(f"    # from {mapping.label}")
@@ -208,29 +250,15 @@ def _processor(mapping: _Mapping, name: str, handler: str | None, res: dict[str,
         lines.append(
             f"    handler: {PLACEHOLDER_HANDLER}  # CHANGE_ME: the function's Handler setting"
         )
-    lines += _source(props["EventSourceArn"], res)
-    if "StartingPosition" not in props:
-        lines.append("    starting_position: TRIM_HORIZON  # CHANGE_ME: StartingPosition not given")
-    windows = props.get("TumblingWindowInSeconds") not in (None, 0)
-    for esm_key, key in _SETTINGS.items():
-        if esm_key in props:
-            value, how = _value(props[esm_key])
-            flag = ""
-            if esm_key == "ParallelizationFactor" and windows and props[esm_key] != 1:
-                value, flag = "1", f" was {value} -- {_ONE_LANE_FOR_WINDOWS}"
-            lines.append(f"    {key}: {value}  # {esm_key}{how}{flag}")
-    if "Enabled" in props:
-        lines.append(f"    enabled: {_value(props['Enabled'])[0]}  # Enabled")
-    elif isinstance(state := props.get("State"), str):
-        enabled = "false" if state in ("Disabled", "Disabling") else "true"
-        lines.append(f"    enabled: {enabled}  # State: {state}")
+    source_lines, unsupported = _source(props["EventSourceArn"], kind, res)
+    lines += source_lines + _settings(props)
     failure = (props.get("DestinationConfig") or {}).get("OnFailure") or {}
     if isinstance(failure, dict) and "Destination" in failure:
         value, how = _value(failure["Destination"])
         lines += ["    destination_config:", "      on_failure:", f"        destination: {value}"]
         lines[-1] += f"  # DestinationConfig.OnFailure.Destination{how}"
-    lines += _filters(props.get("FilterCriteria"))
-    extra = {k: v for k, v in props.items() if k not in _SETTINGS and k not in _READ}
+    lines += _filters(props.get("FilterCriteria"), kind)
+    extra = unsupported | {k: v for k, v in props.items() if k not in _SETTINGS and k not in _READ}
     for outer, inner in (("DestinationConfig", "OnFailure"), ("FilterCriteria", "Filters")):
         if isinstance(part := props.get(outer), dict):  # e.g. OnSuccess, or an intrinsic
             extra |= {f"{outer}.{k}": v for k, v in part.items() if k != inner}
@@ -240,7 +268,39 @@ def _processor(mapping: _Mapping, name: str, handler: str | None, res: dict[str,
     return lines
 
 
-def _source(source: object, resources: dict[str, Any]) -> list[str]:
+def _settings(props: dict[str, Any]) -> list[str]:
+    """The ESM parameters copied as they are (``_SETTINGS``), and ``Enabled``."""
+    lines = []
+    if "StartingPosition" not in props:
+        lines.append("    starting_position: TRIM_HORIZON  # CHANGE_ME: StartingPosition not given")
+    windows = props.get("TumblingWindowInSeconds") not in (None, 0)
+    for esm_key, key in _SETTINGS.items():
+        if esm_key in props:
+            value, how = _value(props[esm_key])
+            if esm_key == "StartingPositionTimestamp":
+                value, how = _timestamp(props[esm_key])
+            flag = ""
+            if esm_key == "ParallelizationFactor" and windows and props[esm_key] != 1:
+                value, flag = "1", f" was {value} -- {_ONE_LANE_FOR_WINDOWS}"
+            lines.append(f"    {key}: {value}  # {esm_key}{how}{flag}")
+    if "Enabled" in props:
+        lines.append(f"    enabled: {_value(props['Enabled'])[0]}  # Enabled")
+    elif isinstance(state := props.get("State"), str):
+        enabled = "false" if state in ("Disabled", "Disabling") else "true"
+        lines.append(f"    enabled: {enabled}  # State: {state}")
+    return lines
+
+
+def _source(
+    source: object, kind: str, resources: dict[str, Any]
+) -> tuple[list[str], dict[str, Any]]:
+    """The ``source:`` lines, and what of ``EventSourceArn`` is not carried over (by name)."""
+    if kind == "kinesis":
+        return _kinesis_source(source, resources)
+    return _dynamodb_source(source, resources), {}
+
+
+def _dynamodb_source(source: object, resources: dict[str, Any]) -> list[str]:
     key, (text, how) = "stream_arn", _value(source)
     if isinstance(source, dict) and "Fn::GetAtt" in source:
         table_props = resources.get(_logical_id(source) or "", {}).get("Properties") or {}
@@ -252,7 +312,72 @@ def _source(source: object, resources: dict[str, Any]) -> list[str]:
     return ["    source:", "      dynamodb:", f"        {key}: {text}  # EventSourceArn{how}"]
 
 
-def _filters(criteria: object) -> list[str]:
+def _kinesis_source(source: object, resources: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """The ``source: kinesis:`` lines, and the enhanced fan-out consumer that is not carried
+    over when ``source`` names one (shardwise reads its stream with GetRecords instead)."""
+    stream, consumer = source, None
+    if isinstance(source, str) and (found := _CONSUMER.fullmatch(source)):
+        stream, consumer = found["stream"], found["name"]
+    elif isinstance(source, dict) and "Fn::GetAtt" in source:
+        resource = _resource(source, resources)
+        if resource.get("Type") == "AWS::Kinesis::StreamConsumer":
+            props = resource.get("Properties") or {}
+            stream = props.get("StreamARN", {"Fn::GetAtt": [_logical_id(source), "StreamARN"]})
+            consumer = props.get("ConsumerName", _logical_id(source))
+    key, text, how = _kinesis_stream(stream, resources)
+    if consumer is not None:
+        how += (
+            f" -- was enhanced fan-out consumer {_value(consumer)[0]}: shardwise reads the"
+            " stream with GetRecords (shared throughput)"
+        )
+    lines = [
+        "    source:",
+        "      kinesis:",
+        f"        {key}: {text}  # EventSourceArn{how}",
+        "        # invoke_identity_arn: ROLE_ARN  # each record's invokeIdentityArn (Lambda: the"
+        " function's execution role)",
+    ]
+    return lines, {} if consumer is None else {_FAN_OUT: source}
+
+
+def _kinesis_stream(stream: object, resources: dict[str, Any]) -> tuple[str, str, str]:
+    """(key, YAML value, comment) naming a Kinesis stream: by its name when the template
+    gives it (``!GetAtt S.Arn`` of a stream with a ``Name``), else by its ARN."""
+    if isinstance(stream, dict) and "Fn::GetAtt" in stream:
+        resource = _resource(stream, resources)
+        name = (resource.get("Properties") or {}).get("Name")
+        if resource.get("Type") == "AWS::Kinesis::Stream" and isinstance(name, str):
+            how = f": !GetAtt {_logical_id(stream)}.Arn, the stream's Name (in aws.region)"
+            return "stream_name", _scalar(name), how
+    text, how = _value(stream)
+    return "stream_arn", text, how
+
+
+def _timestamp(value: object) -> tuple[str, str]:
+    """StartingPositionTimestamp as ISO 8601 UTC (epoch seconds in the ESM API and templates),
+    and the value it was, when it changed; an intrinsic or anything else is left as it is."""
+    moment = None
+    try:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            moment = datetime.fromtimestamp(value, UTC)
+        elif isinstance(value, str):
+            moment = datetime.fromtimestamp(float(value), UTC)
+    except ValueError:
+        try:  # the AWS CLI prints timestamps as ISO 8601 (cli_timestamp_format)
+            moment = datetime.fromisoformat(str(value))
+        except ValueError:
+            pass
+    except (OverflowError, OSError):
+        pass
+    if moment is None or moment.tzinfo is None:
+        return _value(value)
+    text = moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return _scalar(text), "" if text == value else f": {_scalar(value)}"
+
+
+def _filters(criteria: object, kind: str) -> list[str]:
+    """FilterCriteria, each pattern checked: rejected ones flagged, and for DynamoDB the
+    compiler's notes (they describe DynamoDB records' shape, not a Kinesis record's)."""
     filters = criteria.get("Filters") if isinstance(criteria, dict) else None
     if not isinstance(filters, list) or not filters:
         return []
@@ -263,7 +388,8 @@ def _filters(criteria: object) -> list[str]:
             pattern = json.dumps(pattern)  # written as YAML rather than as a JSON string
         if isinstance(pattern, str):
             try:
-                notes = [f"{n.message} (at {n.position})" for n in compile_filters([pattern]).notes]
+                found = compile_filters([pattern]).notes  # FilterPatternError if rejected
+                notes = [f"{n.message} (at {n.position})" for n in found if kind == "dynamodb"]
             except FilterPatternError as exc:
                 where = f" at {exc.position}" if exc.position else ""
                 notes = [f"Lambda and shardwise reject this pattern{where}: {exc.reason}"]

@@ -6,7 +6,16 @@
   advance, so it gets ``.../table/<T>/stream/*`` plus ``dynamodb:DescribeTable`` on the table
   to resolve it. A table given by name takes the region from ``aws.region`` (``*`` when not
   set) and any account (``*``).
-* ``dynamodb:ListStreams`` on ``*``: it supports no resource-level permissions.
+* ``dynamodb:ListStreams`` on ``*``: it supports no resource-level permissions. These
+  DynamoDB statements appear only when some processor reads a DynamoDB stream.
+* Kinesis data streams: ``kinesis:DescribeStreamSummary`` (a ``stream_name:`` source's ARN),
+  ``ListShards``, ``GetShardIterator`` and ``GetRecords`` on each stream, a ``stream_arn:``
+  exactly, a ``stream_name:`` as ``arn:<partition>:kinesis:<aws.region or *>:*:stream/<name>``.
+  And ``kms:Decrypt`` for a stream encrypted with a customer managed KMS key (the
+  ``aws/kinesis`` AWS managed key needs no permission): the key is not in the config, so the
+  statement names any key (``*``) but only for the Kinesis encryption context of these
+  streams, ``kms:EncryptionContext:aws:kinesis:arn``, which Kinesis sets to the stream's ARN
+  in every KMS call it makes. The key's own policy must still let the role use it.
 * On-failure destinations, only those configured: ``sqs:SendMessage`` on queues,
   ``sns:Publish`` on topics, and for S3 ``s3:PutObject`` under the prefix plus
   ``s3:GetObject`` / ``s3:ListBucket`` (limited to the prefix) for ``shardwise failures``.
@@ -26,7 +35,8 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 from shardwise.cli.exit_codes import EXIT_OK
-from shardwise.config import ProcessorConfig, Settings, add_config_argument, load_config
+from shardwise.config import DynamoDBSourceConfig, Settings, add_config_argument, load_config
+from shardwise.config.processor import KinesisSourceConfig
 
 __all__ = ["add_iam_policy_command", "iam_policy"]
 
@@ -35,6 +45,16 @@ STREAM_READ_ACTIONS: Final = (
     "dynamodb:GetRecords",
     "dynamodb:GetShardIterator",
 )
+KINESIS_READ_ACTIONS: Final = (
+    "kinesis:DescribeStreamSummary",
+    "kinesis:GetRecords",
+    "kinesis:GetShardIterator",
+    "kinesis:ListShards",
+)
+# Kinesis calls KMS with the stream's ARN as this encryption context key (AWS: "Kinesis Data
+# Streams encryption context"); conditioning kms:Decrypt on it confines an unnamed key to
+# reads of these streams through Kinesis.
+KINESIS_ENCRYPTION_CONTEXT: Final = "kms:EncryptionContext:aws:kinesis:arn"
 _TABLE_ARN = re.compile(r"arn:(?P<partition>aws[a-z-]*):dynamodb:[a-z0-9-]+:\d{12}:table/[^/]+")
 _S3_ARN = re.compile(r"arn:(?P<partition>aws[a-z-]*):s3:::(?P<bucket>[^/]+)")
 _S3_URL = re.compile(r"s3://(?P<bucket>[^/]+)(?:/(?P<prefix>.*))?")
@@ -60,17 +80,29 @@ def iam_policy(settings: Settings) -> dict[str, Any]:
     """The policy document for ``settings``: statements in a fixed order, resources sorted."""
     streams: set[str] = set()
     tables: set[str] = set()
+    kinesis_streams: set[str] = set()
+    region = settings.aws.region
     for processor in settings.processors:
-        stream, table = _stream_resources(processor, settings.aws.region)
-        streams.add(stream)
-        if table:
-            tables.add(table)
-    statements = [
-        _allow("ReadStreams", STREAM_READ_ACTIONS, streams),
-        _allow("ListStreams", ["dynamodb:ListStreams"], ["*"]),
-    ]
+        if processor.source.kinesis is not None:
+            kinesis_streams.add(_kinesis_stream(processor.source.kinesis, region))
+        elif processor.source.dynamodb is not None:
+            stream, table = _stream_resources(processor.source.dynamodb, region)
+            streams.add(stream)
+            if table:
+                tables.add(table)
+    statements: list[dict[str, Any]] = []
+    if streams:
+        statements.append(_allow("ReadStreams", STREAM_READ_ACTIONS, streams))
+        statements.append(_allow("ListStreams", ["dynamodb:ListStreams"], ["*"]))
     if tables:
         statements.append(_allow("ResolveTableStreams", ["dynamodb:DescribeTable"], tables))
+    if kinesis_streams:
+        statements.append(_allow("ReadKinesisStreams", KINESIS_READ_ACTIONS, kinesis_streams))
+        # A customer managed key is not in the config: any key, for these streams only.
+        context = {KINESIS_ENCRYPTION_CONTEXT: sorted(kinesis_streams)}
+        statements.append(
+            _allow("DecryptKinesisRecords", ["kms:Decrypt"], ["*"], {"StringLike": context})
+        )
     statements += _destination_statements(settings)
     return {"Version": "2012-10-17", "Statement": statements}
 
@@ -100,15 +132,21 @@ def _partition(region: str | None) -> str:
     return "aws"
 
 
-def _stream_resources(processor: ProcessorConfig, region: str | None) -> tuple[str, str | None]:
-    """(stream resource, table resource or None) of one processor's source."""
-    source = processor.source.dynamodb
+def _stream_resources(source: DynamoDBSourceConfig, region: str | None) -> tuple[str, str | None]:
+    """(stream resource, table resource or None) of one DynamoDB source."""
     if source.stream_arn:
         return source.stream_arn, None
     table = str(source.table)
     if not _TABLE_ARN.fullmatch(table):
         table = f"arn:{_partition(region)}:dynamodb:{region or '*'}:*:table/{table}"
     return f"{table}/stream/*", table
+
+
+def _kinesis_stream(source: KinesisSourceConfig, region: str | None) -> str:
+    """The ARN (or ARN pattern: any account, ``*`` region when none is set) of a Kinesis source."""
+    if source.stream_arn:
+        return source.stream_arn
+    return f"arn:{_partition(region)}:kinesis:{region or '*'}:*:stream/{source.stream_name}"
 
 
 def _destination_statements(settings: Settings) -> list[dict[str, Any]]:

@@ -40,7 +40,8 @@ __all__ = ["main"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shardwise",
-        description="Run stock Lambda handlers on DynamoDB Streams, with Lambda's semantics.",
+        description="Run stock Lambda handlers on DynamoDB Streams and Kinesis Data Streams, "
+        "with Lambda's semantics.",
     )
     parser.add_argument("--version", action="version", version=f"shardwise {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

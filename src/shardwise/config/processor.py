@@ -8,10 +8,19 @@ snake_case (``BatchSize`` -> ``batch_size``); the classes above it are its neste
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BeforeValidator,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from shardwise.config.values import ConfigModel, Int, Name, Seconds, matching
@@ -26,6 +35,7 @@ __all__ = [
     "FilterConfig",
     "FilterCriteriaConfig",
     "InvokeConfig",
+    "KinesisSourceConfig",
     "OnFailureConfig",
     "ProcessorConfig",
     "RuntimeConfig",
@@ -72,10 +82,61 @@ class DynamoDBSourceConfig(ConfigModel):
         return self
 
 
-class SourceConfig(ConfigModel):
-    """Where a processor's records come from."""
+_KINESIS_STREAM = r"[A-Za-z0-9_.-]{1,128}"
+_KINESIS_STREAM_ARN = rf"arn:aws[a-z-]*:kinesis:[a-z0-9-]+:\d{{12}}:stream/{_KINESIS_STREAM}"
 
-    dynamodb: DynamoDBSourceConfig
+
+def _kinesis_stream_arn(value: str) -> str:
+    if re.fullmatch(_KINESIS_STREAM_ARN, value):
+        return value
+    raise ValueError(
+        "must be a Kinesis stream ARN like arn:aws:kinesis:us-east-1:123456789012:stream/orders"
+    )
+
+
+class KinesisSourceConfig(ConfigModel):
+    """A Kinesis data stream, named by its name or by its ARN (exactly one)."""
+
+    stream_name: (
+        Annotated[
+            str, matching(_KINESIS_STREAM, "must be a stream name (1-128 of A-Z a-z 0-9 _ . -)")
+        ]
+        | None
+    ) = None
+    """The stream's name, in ``aws.region``; its ARN is read with DescribeStreamSummary."""
+    stream_arn: Annotated[str, AfterValidator(_kinesis_stream_arn)] | None = None
+    """The stream's ARN (ESM EventSourceArn)."""
+    deaggregate: bool = False
+    """Split KPL-aggregated records into their user records (the KCL's behaviour); false
+    hands them to the function as they are, as Lambda does."""
+    invoke_identity_arn: str = ""
+    """The ``invokeIdentityArn`` of every record (Lambda puts the function's execution role
+    there); empty unless set."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> KinesisSourceConfig:
+        if (self.stream_name is None) == (self.stream_arn is None):
+            state = "neither is set" if self.stream_name is None else "both are set"
+            raise ValueError(f"set exactly one of stream_name or stream_arn ({state})")
+        return self
+
+
+class SourceConfig(ConfigModel):
+    """Where a processor's records come from: a DynamoDB stream or a Kinesis data stream."""
+
+    dynamodb: DynamoDBSourceConfig | None = None
+    kinesis: KinesisSourceConfig | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SourceConfig:
+        if (self.dynamodb is None) == (self.kinesis is None):
+            state = "neither is set" if self.dynamodb is None else "both are set"
+            raise ValueError(f"set exactly one of dynamodb or kinesis ({state})")
+        return self
+
+    @property
+    def kind(self) -> Literal["dynamodb", "kinesis"]:
+        return "kinesis" if self.kinesis is not None else "dynamodb"
 
 
 _DESTINATION = matching(
@@ -207,7 +268,11 @@ class ProcessorConfig(ConfigModel):
     invoke: InvokeConfig | None = None
     """A function that already runs behind an invoke URL (a sidecar from a Lambda image)."""
     starting_position: StartingPosition
-    """StartingPosition: where to begin on a stream never read before."""
+    """StartingPosition: where to begin on a stream never read before (AT_TIMESTAMP:
+    Kinesis only, with starting_position_timestamp)."""
+    starting_position_timestamp: AwareDatetime | None = Field(default=None, validate_default=True)
+    """StartingPositionTimestamp: with AT_TIMESTAMP, the first records read are those that
+    arrived at or after this time (ISO 8601 with a zone, or epoch seconds)."""
     batch_size: Int = Field(default=100, ge=1, le=10_000)
     """BatchSize: most records per invocation."""
     maximum_batching_window_in_seconds: Seconds = Field(default=0.0, ge=0, le=300)
@@ -268,9 +333,24 @@ class ProcessorConfig(ConfigModel):
     def reports_batch_item_failures(self) -> bool:
         return "ReportBatchItemFailures" in self.function_response_types
 
-    @field_validator("starting_position", mode="before")
+    @field_validator("starting_position")
     @classmethod
-    def _not_at_timestamp(cls, value: object) -> object:
-        if value == "AT_TIMESTAMP":
+    def _at_timestamp_is_kinesis_only(
+        cls, value: StartingPosition, info: ValidationInfo
+    ) -> StartingPosition:
+        source = info.data.get("source")
+        if value is StartingPosition.AT_TIMESTAMP and getattr(source, "kinesis", 0) is None:
             raise ValueError("AT_TIMESTAMP is Kinesis-only; use TRIM_HORIZON or LATEST")
+        return value
+
+    @field_validator("starting_position_timestamp")
+    @classmethod
+    def _timestamp_with_at_timestamp(
+        cls, value: datetime | None, info: ValidationInfo
+    ) -> datetime | None:
+        at_timestamp = info.data.get("starting_position") is StartingPosition.AT_TIMESTAMP
+        if at_timestamp and value is None:
+            raise ValueError("is required with starting_position: AT_TIMESTAMP")
+        if value is not None and "starting_position" in info.data and not at_timestamp:
+            raise ValueError("is only read with starting_position: AT_TIMESTAMP")
         return value

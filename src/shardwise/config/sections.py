@@ -57,6 +57,8 @@ class EndpointsConfig(ConfigModel):
     """DynamoDB Streams (GetRecords, DescribeStream, GetShardIterator)."""
     dynamodb: OptionalEndpoint = None
     """DynamoDB (DescribeTable, for ``source.dynamodb.table``)."""
+    kinesis: OptionalEndpoint = None
+    """Kinesis Data Streams (ListShards, GetShardIterator, GetRecords)."""
     sqs: OptionalEndpoint = None
     """SQS on-failure destinations."""
     sns: OptionalEndpoint = None

@@ -60,18 +60,19 @@ class PollCadence:
     (GetRecords outside Lambda is billed per request).
     """
 
-    __slots__ = ("_base_s", "_empty_polls", "_max_s")
+    __slots__ = ("_base_s", "_empty_polls", "_full_page", "_max_s")
 
-    def __init__(self, base_s: float, max_s: float) -> None:
+    def __init__(self, base_s: float, max_s: float, full_page: int = MAX_RECORDS_PER_CALL) -> None:
         self._base_s = base_s
         self._max_s = max_s
+        self._full_page = full_page  # a page this long means a backlog: poll again at once
         self._empty_polls = 0
 
     def pause_s(self, started: float, records: int, batching: Batching) -> float:
         """Poll again at once after a full page, ~4 polls/s while records flow, and back off
         on an idle shard (drift-free: the time the work took since ``started`` is
         subtracted). A batching window that closes sooner keeps its deadline."""
-        if records >= MAX_RECORDS_PER_CALL:
+        if records >= self._full_page:
             self._empty_polls = 0
             return 0.0
         self._empty_polls = 0 if records else self._empty_polls + 1

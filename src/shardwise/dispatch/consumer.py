@@ -35,7 +35,7 @@ from shardwise.dispatch.checkpointing import ShardCheckpoints
 from shardwise.dispatch.delivery import Delivery, FailurePolicy
 from shardwise.dispatch.filters import RecordFilter
 from shardwise.dispatch.lanes import Lanes
-from shardwise.dispatch.protocols import MAX_RECORDS_PER_CALL, Checkpointer, ShardSource
+from shardwise.dispatch.protocols import Checkpointer, ShardSource
 from shardwise.dispatch.windows import OpenWindow, WindowedDelivery
 from shardwise.errors import (
     ExpiredIteratorError,
@@ -52,6 +52,7 @@ from shardwise.records import (
     Position,
     RecordPage,
     SequenceNumber,
+    Shard,
     ShardId,
     StartingPosition,
     shape_of,
@@ -131,7 +132,9 @@ class ShardConsumer:
         self._checkpoints = ShardCheckpoints(
             checkpointer, shard_id, checkpointed=start.after, stop=stop, progress=progress
         )
-        self._cadence = PollCadence(settings.poll_interval_s, settings.max_poll_interval_s)
+        self._cadence = PollCadence(
+            settings.poll_interval_s, settings.max_poll_interval_s, source.records_per_call
+        )
         self._delivery = Delivery(
             processor=processor,
             policy=settings.policy,
@@ -148,6 +151,8 @@ class ShardConsumer:
         self._resume_at_trim_horizon = False
         self._gap_after: str | None = None
         self._api_failures = 0
+        # The shards that continue this one, when its last page named them.
+        self.child_shards: tuple[Shard, ...] = ()
 
     async def run(self) -> ShardOutcome:
         structlog.contextvars.bind_contextvars(shard=self._shard_id)
@@ -219,7 +224,7 @@ class ShardConsumer:
                 self._api_failures = 0
                 closed = page.next_iterator is None
                 self._iterator = page.next_iterator
-                if not closed and len(page.records) >= MAX_RECORDS_PER_CALL:
+                if not closed and len(page.records) >= self._source.records_per_call:
                     # A backlog: fetch the next page while this one is being delivered.
                     prefetch = tasks.create_task(self._read_ahead())
                 if not await self._accept(page) or not await self._deliver_ready(flush=closed):
@@ -228,6 +233,7 @@ class ShardConsumer:
                 if not await self._checkpoint_filtered_tail():
                     return ShardOutcome.STOPPED
                 if closed:
+                    self.child_shards = page.child_shards
                     if self._lanes is not None and not await self._lanes.drain():
                         return ShardOutcome.STOPPED
                     finished = await self._checkpoints.finish(self._last_read)
@@ -250,7 +256,8 @@ class ShardConsumer:
             self._iterator = await self._source.get_iterator(self._shard_id, position)
             if self._resume_at_trim_horizon:
                 self._resume_at_trim_horizon = False
-        return await self._source.get_records(self._shard_id, self._iterator, MAX_RECORDS_PER_CALL)
+        source = self._source
+        return await source.get_records(self._shard_id, self._iterator, source.records_per_call)
 
     async def _read_ahead(self) -> RecordPage | Exception:
         """``_read()`` as a task of the loop's TaskGroup: an error is returned, to be raised
@@ -269,7 +276,7 @@ class ShardConsumer:
 
     async def _accept(self, page: RecordPage) -> bool:
         """Take a page's records in (filters, batching); False when stopping."""
-        self._progress.polled(self._shard_id, len(page.records))
+        self._progress.polled(self._shard_id, len(page.records), page.millis_behind_latest)
         if not page.records:
             return True
         shape = shape_of(page.records[0])

@@ -8,6 +8,11 @@ Lambda's, which is EventBridge's: values in an array are OR-ed, fields AND-ed, o
 ``suffix``), ``anything-but`` (values, or a ``prefix``/``suffix``/``equals-ignore-case``),
 ``numeric``, ``exists`` and ``$or``.
 
+Kinesis records are matched as Lambda matches them: against the fields of their ``kinesis``
+object, with ``data`` decoded from base64 and parsed as JSON (``{"data": {"order": {"type":
+["buy"]}}}``). When ``data`` is not JSON it is absent from what is matched, so a pattern on
+``data`` filters the record out, as Lambda does, and a pattern on metadata alone still applies.
+
 Three modules, one job each: ``filter_patterns`` validates a pattern and builds its matcher
 (what Lambda rejects, and notes on valid patterns that cannot match); ``filter_match`` holds
 what runs per record (how record values are seen); this module is the door.
@@ -15,7 +20,12 @@ what runs per record (how record values are seen); this module is the door.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Iterable, Sequence
+from typing import Any
+
+import orjson
 
 from shardwise.dispatch.filter_match import Matcher
 from shardwise.dispatch.filter_patterns import (
@@ -56,8 +66,9 @@ class RecordFilter:
         return bool(self._matchers)
 
     def matches(self, record: StreamRecord) -> bool:
+        seen = _kinesis_view(record) if "kinesis" in record else record
         for matcher in self._matchers:
-            if matcher(record):
+            if matcher(seen):
                 return True
         return not self._matchers
 
@@ -69,6 +80,17 @@ class RecordFilter:
 
     def __repr__(self) -> str:
         return f"RecordFilter({list(self.patterns)!r})"
+
+
+def _kinesis_view(record: StreamRecord) -> dict[str, Any]:
+    """What a Kinesis record is matched as: its ``kinesis`` fields, ``data`` as JSON."""
+    body: dict[str, Any] = record["kinesis"]
+    view = {key: value for key, value in body.items() if key != "data"}
+    try:
+        view["data"] = orjson.loads(base64.b64decode(body.get("data", ""), validate=True))
+    except (binascii.Error, ValueError, TypeError):
+        pass  # not JSON: patterns on data cannot match it
+    return view
 
 
 def compile_filters(patterns: Sequence[str]) -> RecordFilter:

@@ -16,7 +16,7 @@ from shardwise.records import Position, RecordPage, SequenceNumber, ShardId, Sha
 
 __all__ = ["MAX_RECORDS_PER_CALL", "Checkpointer", "ShardSource"]
 
-# GetRecords returns at most this many records per call (and at most 1 MB).
+# DynamoDB Streams' GetRecords returns at most this many records per call (and at most 1 MB).
 MAX_RECORDS_PER_CALL = 1000
 
 
@@ -25,6 +25,11 @@ class ShardSource(Protocol):
 
     @property
     def stream_arn(self) -> str: ...
+
+    @property
+    def records_per_call(self) -> int:
+        """The most records one GetRecords call returns (a full page means a backlog)."""
+        ...
 
     async def describe(self) -> ShardListing:
         """The stream's status and every shard currently in it (all pages)."""

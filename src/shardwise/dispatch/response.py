@@ -4,7 +4,10 @@ With ``function_response_types: [ReportBatchItemFailures]``:
 
 * success: ``None``, ``{}``, ``{"batchItemFailures": []}`` or ``{"batchItemFailures": None}``;
 * partial failure: every ``itemIdentifier`` is a sequence number of the batch; the lowest
-  one is where the retry starts and every record before it is done;
+  one is where the retry starts and every record before it is done (a user record split
+  out of a KPL aggregate is named exactly by ``<sequenceNumber>:<subSequenceNumber>``; the
+  aggregate's plain sequence number names its first record in the batch, so the retry
+  starts there: nothing skipped, earlier siblings possibly delivered again);
 * whole-batch failure: an empty, null or missing ``itemIdentifier``, or one that is not in
   the batch.
 
@@ -95,7 +98,10 @@ def _failure_list(value: Any) -> list[Any]:
 def _lowest_failure(failures: list[Any], records: Sequence[StreamRecord]) -> int:
     """Index of the lowest reported record; every identifier must name a record here."""
     shape = shape_of(records[0]) if records else DYNAMODB_SHAPE
-    index = {str(shape.sequence_number(r)): i for i, r in enumerate(records)}
+    index: dict[str, int] = {}
+    for i, record in enumerate(records):
+        for name in shape.identifiers(record):
+            index.setdefault(name, i)
     positions = []
     for item in failures:
         identifier = item.get("itemIdentifier") if isinstance(item, dict) else None

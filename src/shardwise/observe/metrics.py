@@ -24,7 +24,8 @@ half-applied event. Series, all labelled ``processor`` (per-shard ones also ``sh
 * Shards: ``shardwise_shards_owned`` / ``shardwise_shards_finished``, and per shard being
   read ``shardwise_shard_iterator_age_seconds``, ``shardwise_shard_records_pending``,
   ``shardwise_shard_checkpoint_stall_seconds``, ``shardwise_shard_seconds_since_checkpoint``,
-  ``shardwise_shard_get_records_calls_total``.
+  ``shardwise_shard_get_records_calls_total``, and from Kinesis
+  ``shardwise_shard_millis_behind_latest`` (MillisBehindLatest of the last page).
 * The worker: ``shardwise_build_info{version}``, ``shardwise_event_loop_lag_seconds`` (with
   the health server), ``shardwise_gc_pause_seconds{generation}`` (each garbage collection's
   pause) and ``shardwise_gc_frozen_objects``, and prometheus-client's ``process_*``,
@@ -196,6 +197,11 @@ class ProgressCollector(Collector):
                     "Seconds since this process last checkpointed the shard.",
                     SHARD,
                 ),
+                (
+                    "shardwise_shard_millis_behind_latest",
+                    "Kinesis MillisBehindLatest of the shard's last GetRecords page.",
+                    SHARD,
+                ),
             )
         }
         calls = CounterMetricFamily(
@@ -219,6 +225,10 @@ class ProgressCollector(Collector):
                 gauges["shardwise_shard_checkpoint_stall_seconds"].add_metric(
                     labels, shard.stalled_s(now_monotonic)
                 )
+                if shard.millis_behind_latest is not None:
+                    gauges["shardwise_shard_millis_behind_latest"].add_metric(
+                        labels, shard.millis_behind_latest
+                    )
                 if shard.checkpointed_at_monotonic is not None:
                     since = now_monotonic - shard.checkpointed_at_monotonic
                     gauges["shardwise_shard_seconds_since_checkpoint"].add_metric(labels, since)

@@ -71,6 +71,8 @@ class ShardProgress:
     pending: int = 0
     # GetRecords calls on this shard (their rate is the shard's calls/s).
     get_records_calls: int = 0
+    # Kinesis' MillisBehindLatest of the last page (None: the source does not tell).
+    millis_behind_latest: int | None = None
     # When ``pending`` last went from 0 to more: with the checkpoint time, how long the
     # shard has had work it did not get through.
     pending_since_monotonic: float | None = None
@@ -127,12 +129,17 @@ class ProcessorProgress:
 
     # -- events ----------------------------------------------------------------------------
 
-    def polled(self, shard_id: ShardId, records: int) -> None:
-        """A GetRecords call returned ``records`` records."""
+    def polled(
+        self, shard_id: ShardId, records: int, millis_behind_latest: int | None = None
+    ) -> None:
+        """A GetRecords call returned ``records`` records (and, from Kinesis, how far
+        behind the shard's tip they are)."""
         self.get_records_calls += 1
         self.records_read += records
         shard = self.shard(shard_id)
         shard.get_records_calls += 1
+        if millis_behind_latest is not None:
+            shard.millis_behind_latest = millis_behind_latest
         if records and shard.pending == 0:
             shard.pending_since_monotonic = time.monotonic()
         shard.pending += records

@@ -17,17 +17,15 @@ from typing import Any, Final, TypeAlias
 from botocore.credentials import ReadOnlyCredentials, RefreshableCredentials
 from botocore.exceptions import NoCredentialsError
 
-from shardwise.sources.sigv4 import EndpointSigner
+from shardwise.sources.sigv4 import DYNAMODB_STREAMS, EndpointSigner, JsonApi
 
 __all__ = [
     "EXPIRED_CREDENTIAL_CODES",
     "RENEW_INTERVAL_S",
-    "SIGNING_NAME",
     "RequestSigner",
     "ResolveCredentials",
 ]
 
-SIGNING_NAME: Final = "dynamodb"  # DynamoDB Streams signs as the dynamodb service
 # Error codes that say the request's credentials are no longer valid, and how often they
 # may send us back to the provider chain for new ones.
 EXPIRED_CREDENTIAL_CODES: Final = frozenset({"ExpiredTokenException", "ExpiredToken"})
@@ -40,8 +38,12 @@ class RequestSigner:
     """SigV4 for one endpoint with the current credentials (``None``: every request fails
     with ``NoCredentialsError``, as botocore's signer does)."""
 
-    def __init__(self, credentials: Any, url: str, region: str) -> None:
-        self._endpoint = EndpointSigner(url, region=region, service=SIGNING_NAME)
+    def __init__(
+        self, credentials: Any, url: str, region: str, api: JsonApi = DYNAMODB_STREAMS
+    ) -> None:
+        self._endpoint = EndpointSigner(
+            url, region=region, service=api.signing_name, content_type=api.content_type
+        )
         self._renewed_at = -math.inf
         self.use(credentials)
 

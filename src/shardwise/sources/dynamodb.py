@@ -10,7 +10,7 @@ import base64
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 import aiohttp
 from botocore.exceptions import BotoCoreError, ClientError
@@ -36,8 +36,10 @@ from shardwise.sources.http_connection import TransportError
 
 __all__ = [
     "MALFORMED",
+    "RECORDS_PER_CALL",
     "DynamoDBStreamsSource",
     "lambda_record",
+    "listed_shard",
     "mapped_errors",
     "resolve_stream_arn",
 ]
@@ -46,6 +48,8 @@ __all__ = [
 MALFORMED = "MalformedResponse"
 # DescribeStream returns at most 100 shards per call.
 DESCRIBE_STREAM_PAGE = 100
+# GetRecords returns at most 1000 records (and 1 MB) per call.
+RECORDS_PER_CALL: Final = 1000
 
 _THROTTLE_CODES = frozenset(
     {
@@ -55,6 +59,8 @@ _THROTTLE_CODES = frozenset(
         "RequestLimitExceeded",
         "TooManyRequestsException",
         "InternalServerError",
+        "InternalFailure",  # Kinesis' 500
+        "KMSThrottlingException",  # Kinesis: the stream's KMS key is throttled
         "ServiceUnavailable",
     }
 )
@@ -162,6 +168,8 @@ async def resolve_stream_arn(dynamodb: Any, table: str) -> str:
 class DynamoDBStreamsSource:
     """Reads one DynamoDB stream with an aiobotocore ``dynamodbstreams`` client."""
 
+    records_per_call: Final = RECORDS_PER_CALL
+
     def __init__(self, client: Any, stream_arn: str) -> None:
         self._client = client
         self._stream_arn = stream_arn
@@ -188,7 +196,7 @@ class DynamoDBStreamsSource:
                     code=MALFORMED,
                 )
             status = str(description.get("StreamStatus", status))
-            shards.extend(_shard(s) for s in description.get("Shards", []))
+            shards.extend(listed_shard(s) for s in description.get("Shards", []))
             start = description.get("LastEvaluatedShardId")
             if not start:
                 return ShardListing(status=status, shards=tuple(shards))
@@ -223,14 +231,18 @@ class DynamoDBStreamsSource:
         return f"shard {shard_id} of {self._stream_arn}"
 
 
-def _shard(raw: dict[str, Any]) -> Shard:
+def listed_shard(raw: dict[str, Any]) -> Shard:
+    """One shard of a DescribeStream (DynamoDB Streams) or ListShards (Kinesis) reply; only
+    Kinesis names a second parent (``AdjacentParentShardId``, a merge)."""
     seq_range = raw.get("SequenceNumberRange") or {}
     start = seq_range.get("StartingSequenceNumber")
     end = seq_range.get("EndingSequenceNumber")
     parent = raw.get("ParentShardId")
+    adjacent = raw.get("AdjacentParentShardId")
     return Shard(
         shard_id=ShardId(raw["ShardId"]),
         parent_shard_id=ShardId(parent) if parent else None,
         starting_sequence_number=SequenceNumber(start) if start else None,
         ending_sequence_number=SequenceNumber(end) if end else None,
+        adjacent_parent_shard_id=ShardId(adjacent) if adjacent else None,
     )

@@ -50,9 +50,15 @@ from shardwise.sources.credentials import (
     RequestSigner,
     ResolveCredentials,
 )
-from shardwise.sources.dynamodb import MALFORMED, DynamoDBStreamsSource, mapped_errors
+from shardwise.sources.dynamodb import (
+    MALFORMED,
+    RECORDS_PER_CALL,
+    DynamoDBStreamsSource,
+    mapped_errors,
+)
 from shardwise.sources.dynamodb_records import lambda_records
 from shardwise.sources.http import HttpPool
+from shardwise.sources.sigv4 import DYNAMODB_STREAMS, JsonApi
 from shardwise.sources.transport import AiohttpTransport, Transport
 
 __all__ = [
@@ -61,6 +67,7 @@ __all__ = [
     "READ_TIMEOUT_S",
     "RawDynamoDBStreamsSource",
     "RawStreamsClient",
+    "json_object",
     "open_raw_client",
     "open_raw_source",
     "proxy_for",
@@ -76,7 +83,6 @@ READ_TIMEOUT_S: Final = 20.0
 # would let a trailing newline through).
 _REGION: Final = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9\-]{0,61}[a-zA-Z0-9])?")
 
-_TARGET_PREFIX: Final = "DynamoDBStreams_20120810."
 _ERROR_PARSER: Final = JSONParser()
 
 log = structlog.get_logger("shardwise.sources")
@@ -90,7 +96,7 @@ def _client_error(operation: str, status: int, headers: Any, body: bytes) -> Cli
     return ClientError(parsed, operation)
 
 
-def _json_object(body: bytes, operation: str, where: str) -> dict[str, Any]:
+def json_object(body: bytes, operation: str, where: str) -> dict[str, Any]:
     """A successful response's JSON object; anything else is a failed call, never a page."""
     try:
         value = orjson.loads(body)
@@ -104,7 +110,8 @@ def _json_object(body: bytes, operation: str, where: str) -> dict[str, Any]:
 
 
 class RawStreamsClient:
-    """Signed DynamoDB Streams JSON calls over one pooled ``Transport``.
+    """Signed JSON calls of one API (DynamoDB Streams unless told: ``api``) over one pooled
+    ``Transport``.
 
     ``call`` returns the body of a successful response and raises what botocore raises
     otherwise (``ClientError``), or the transport's error (``TransportError``,
@@ -122,12 +129,14 @@ class RawStreamsClient:
         region: str,
         credentials: Any,
         resolve_credentials: ResolveCredentials | None = None,
+        api: JsonApi = DYNAMODB_STREAMS,
     ) -> None:
         self._http = http
         self._resolve_credentials = resolve_credentials
         self._url = endpoint_url.rstrip("/") + "/"
         self._region = region
-        self._signer = RequestSigner(credentials, self._url, region)
+        self._target_prefix = api.target_prefix
+        self._signer = RequestSigner(credentials, self._url, region, api)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
@@ -155,7 +164,7 @@ class RawStreamsClient:
             # (it maps to the same SourceError); raised before a connection is taken.
             raise NoCredentialsError
         body = orjson.dumps(params)
-        sign = partial(self._signer.headers, _TARGET_PREFIX + operation, body)
+        sign = partial(self._signer.headers, self._target_prefix + operation, body)
         response = await self._http.post(sign, body)
         if response.status >= 300:
             error = _client_error(operation, response.status, response.headers, response.body)
@@ -170,12 +179,12 @@ class RawStreamsClient:
 
     async def describe_stream(self, **params: Any) -> dict[str, Any]:
         body = await self.call("DescribeStream", params)
-        return _json_object(body, "DescribeStream", f"stream {params.get('StreamArn')}")
+        return json_object(body, "DescribeStream", f"stream {params.get('StreamArn')}")
 
     async def get_shard_iterator(self, **params: Any) -> dict[str, Any]:
         body = await self.call("GetShardIterator", params)
         where = f"shard {params.get('ShardId')} of {params.get('StreamArn')}"
-        return _json_object(body, "GetShardIterator", where)
+        return json_object(body, "GetShardIterator", where)
 
     async def close(self) -> None:
         """Close the pooled connections. Closing twice is harmless."""
@@ -195,6 +204,8 @@ class RawStreamsClient:
 
 class RawDynamoDBStreamsSource:
     """Reads one DynamoDB stream through a ``RawStreamsClient`` (a ``ShardSource``)."""
+
+    records_per_call: Final = RECORDS_PER_CALL
 
     def __init__(
         self, client: RawStreamsClient, stream_arn: str, *, owns_client: bool = False
@@ -228,7 +239,7 @@ class RawDynamoDBStreamsSource:
             body = await self._client.call(
                 "GetRecords", {"ShardIterator": iterator, "Limit": limit}
             )
-        response = _json_object(body, "GetRecords", where)
+        response = json_object(body, "GetRecords", where)
         records = response.get("Records")
         if not isinstance(records, list):
             # Not a closed shard's last page (that has "Records": []): never finish on it.
@@ -274,10 +285,13 @@ def _checked_region(region: str) -> str:
 
 
 async def open_raw_client(
-    aws: AwsConfig, *, max_connections: int = DEFAULT_MAX_CONNECTIONS
+    aws: AwsConfig,
+    *,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    api: JsonApi = DYNAMODB_STREAMS,
 ) -> RawStreamsClient:
-    """A client for ``aws`` (region, endpoint, profile); credentials are resolved once, and
-    again when the endpoint says they expired.
+    """A client of ``api`` (DynamoDB Streams, Kinesis) for ``aws`` (region, endpoint,
+    profile); credentials are resolved once, and again when the endpoint says they expired.
 
     Region and credentials come from ``aws`` first, then botocore's usual chain, as for
     the aiobotocore clients; the endpoint is the one an aiobotocore client would use
@@ -294,7 +308,7 @@ async def open_raw_client(
     # As botocore: AWS_CA_BUNDLE or the profile's ca_bundle, else the system's CAs.
     ca_bundle = session.get_config_variable("ca_bundle")
     tls = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else None
-    endpoint_url = resolve_endpoint(aws, "dynamodbstreams", str(region))
+    endpoint_url = resolve_endpoint(aws, api.endpoint_service, str(region))
     url = endpoint_url.rstrip("/") + "/"
     # As botocore: no compression asked for.
     headers = {"User-Agent": f"shardwise/{__version__}", "Accept-Encoding": "identity"}
@@ -329,6 +343,7 @@ async def open_raw_client(
         region=str(region),
         credentials=credentials,
         resolve_credentials=session.get_credentials,
+        api=api,
     )
 
 

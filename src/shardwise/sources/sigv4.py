@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 from urllib.parse import quote, urlsplit
@@ -30,9 +31,26 @@ from botocore.utils import normalize_url_path
 
 from shardwise.sources.http_headers import host_header
 
-__all__ = ["CONTENT_TYPE", "EndpointSigner"]
+__all__ = ["CONTENT_TYPE", "DYNAMODB_STREAMS", "KINESIS", "EndpointSigner", "JsonApi"]
 
 CONTENT_TYPE: Final = "application/x-amz-json-1.0"
+
+
+@dataclass(frozen=True, slots=True)
+class JsonApi:
+    """One AWS JSON-protocol API as the raw client speaks it."""
+
+    target_prefix: str  # X-Amz-Target is this plus the operation's name
+    signing_name: str  # the service name in the SigV4 scope
+    content_type: str
+    endpoint_service: str  # botocore's name for the service, to resolve its endpoint
+
+
+# DynamoDB Streams signs as the dynamodb service.
+DYNAMODB_STREAMS: Final = JsonApi(
+    "DynamoDBStreams_20120810.", "dynamodb", CONTENT_TYPE, "dynamodbstreams"
+)
+KINESIS: Final = JsonApi("Kinesis_20131202.", "kinesis", "application/x-amz-json-1.1", "kinesis")
 _ALGORITHM: Final = "AWS4-HMAC-SHA256"
 
 
@@ -48,8 +66,11 @@ class EndpointSigner:
     only) and ``Authorization``.
     """
 
-    def __init__(self, url: str, *, region: str, service: str) -> None:
+    def __init__(
+        self, url: str, *, region: str, service: str, content_type: str = CONTENT_TYPE
+    ) -> None:
         self._url = url
+        self._content_type = content_type
         self._host = host_header(url)
         self._path = quote(normalize_url_path(urlsplit(url).path), safe="/~")
         self._scope_suffix = f"/{region}/{service}/aws4_request"
@@ -75,7 +96,7 @@ class EndpointSigner:
         token = credentials.token
         # Lower-cased, sorted by name: the canonical header block and its name list.
         canonical_headers = (
-            f"content-type:{CONTENT_TYPE}\nhost:{self._host}\nx-amz-date:{stamp}\n"
+            f"content-type:{self._content_type}\nhost:{self._host}\nx-amz-date:{stamp}\n"
             + (f"x-amz-security-token:{' '.join(token.split())}\n" if token else "")
             + f"x-amz-target:{target}\n"
         )
@@ -94,7 +115,7 @@ class EndpointSigner:
             + hashlib.sha256(canonical_request.encode()).hexdigest()
         )
         signature = _hmac(self._signing_key(credentials.secret_key, day), string_to_sign).hex()
-        headers = {"Content-Type": CONTENT_TYPE, "X-Amz-Target": target, "X-Amz-Date": stamp}
+        headers = {"Content-Type": self._content_type, "X-Amz-Target": target, "X-Amz-Date": stamp}
         if token:
             headers["X-Amz-Security-Token"] = token
         headers["Authorization"] = (

@@ -31,10 +31,11 @@ AttributeMap: TypeAlias = Mapping[str, Any]  # DynamoDB JSON, e.g. {"Id": {"N": 
 
 _to_json = json.JSONEncoder(separators=(",", ":")).encode
 _TTL_IDENTITY: Final = ',"userIdentity":{"PrincipalId":"dynamodb.amazonaws.com","Type":"Service"}'
+_SERVER_ERRORS: Final = frozenset({"InternalServerError", "InternalFailure"})  # DynamoDB, Kinesis
 
 
 class StreamsApiError(Exception):
-    """An error the DynamoDB Streams API answers with: an error code and a message."""
+    """An error the DynamoDB Streams or Kinesis API answers with: a code and a message."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")
@@ -43,7 +44,7 @@ class StreamsApiError(Exception):
 
     @property
     def http_status(self) -> int:
-        return 500 if self.code == "InternalServerError" else 400
+        return 500 if self.code in _SERVER_ERRORS else 400
 
 
 def not_found(what: str) -> StreamsApiError:
@@ -121,7 +122,7 @@ class ShardLog:
         self.base = 0
         self.records: list[bytes] = []  # encoded records, oldest first
         self.sequences: list[int] = []  # their sequence numbers, for bisection
-        self.created: list[int] = []  # their ApproximateCreationDateTime, for AT_TIMESTAMP
+        self.created: list[float] = []  # their creation (arrival) times, for AT_TIMESTAMP
         self.last_sequence: int | None = None
         self.trimmed_through: int | None = None
 
@@ -134,7 +135,7 @@ class ShardLog:
         """The index the next record will get (where LATEST points)."""
         return self.base + len(self.records)
 
-    def append(self, sequence_number: int, created_s: int, encoded: bytes) -> None:
+    def append(self, sequence_number: int, created_s: float, encoded: bytes) -> None:
         self.records.append(encoded)
         self.sequences.append(sequence_number)
         self.created.append(created_s)

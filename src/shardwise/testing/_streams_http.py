@@ -1,5 +1,9 @@
 """``StreamsServer``: the scripted streams served over real HTTP from a daemon thread.
 
+One port speaks both protocols: a request whose ``X-Amz-Target`` starts
+``Kinesis_20131202.`` goes to the Kinesis Data Streams protocol (JSON 1.1), every other
+to the DynamoDB Streams one (JSON 1.0).
+
 ``ThreadingHTTPServer`` gives each client connection a thread. Responses use HTTP/1.1
 keep-alive so botocore's connection pool reuses its sockets, TCP_NODELAY so a small
 response is not held back by Nagle's algorithm, and nothing is logged per request.
@@ -21,12 +25,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Self
 
+from shardwise.testing._kinesis_protocol import KINESIS_TARGET, KinesisProtocol
+from shardwise.testing._kinesis_state import KinesisRegistry, ScriptedKinesisStream
 from shardwise.testing._streams_protocol import StreamsProtocol, error_response
 from shardwise.testing._streams_state import ScriptedStream, StreamRegistry
 
 __all__ = ["StreamsServer"]
 
 _SIGNING_REGION = re.compile(r"Credential=[^/,\s]+/\d{8}/([^/,\s]+)/")
+_JSON_1_0 = "application/x-amz-json-1.0"  # DynamoDB Streams
+_JSON_1_1 = "application/x-amz-json-1.1"  # Kinesis
 
 
 class _HttpServer(ThreadingHTTPServer):
@@ -35,8 +43,11 @@ class _HttpServer(ThreadingHTTPServer):
     # 5 would drop their SYNs and stall each for a retransmit.
     request_queue_size = 1024
 
-    def __init__(self, address: tuple[str, int], protocol: StreamsProtocol) -> None:
+    def __init__(
+        self, address: tuple[str, int], protocol: StreamsProtocol, kinesis: KinesisProtocol
+    ) -> None:
         self.protocol = protocol
+        self.kinesis = kinesis
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
         super().__init__(address, _RequestHandler)
@@ -84,14 +95,16 @@ class _RequestHandler(BaseHTTPRequestHandler):
             return
         body = self.rfile.read(length) if length > 0 else b""
         match = _SIGNING_REGION.search(self.headers.get("Authorization") or "")
-        status, payload = self.server.protocol.handle(
-            self.headers.get("X-Amz-Target") or "", body, match.group(1) if match else None
-        )
-        self._respond(status, payload)
+        region = match.group(1) if match else None
+        target = self.headers.get("X-Amz-Target") or ""
+        if target.startswith(KINESIS_TARGET):
+            self._respond(*self.server.kinesis.handle(target, body, region), _JSON_1_1)
+        else:
+            self._respond(*self.server.protocol.handle(target, body, region))
 
-    def _respond(self, status: int, payload: bytes) -> None:
+    def _respond(self, status: int, payload: bytes, content_type: str = _JSON_1_0) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/x-amz-json-1.0")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
         self.send_header("x-amzn-RequestId", uuid.uuid4().hex)
         self.end_headers()
@@ -108,7 +121,8 @@ class _State(enum.Enum):
 
 
 class StreamsServer:
-    """A DynamoDB Streams endpoint over real HTTP, scripted from the test that runs it.
+    """A DynamoDB Streams and Kinesis Data Streams endpoint over real HTTP, scripted from
+    the test that runs it.
 
     ::
 
@@ -116,6 +130,10 @@ class StreamsServer:
             stream = server.create_stream("Orders", shards=2)
             stream.put(stream.shard_ids[0], keys={"Id": {"N": "1"}})
             client = boto3.client("dynamodbstreams", endpoint_url=server.endpoint_url)
+
+            events = server.create_kinesis_stream("Events", shards=4)
+            events.put(b"hello", partition_key="user-1")
+            kinesis = boto3.client("kinesis", endpoint_url=server.endpoint_url)
 
     Streams can be scripted before ``start()`` and while clients read. A server starts
     once; ``stop()`` is idempotent. Also answers DynamoDB's DescribeTable, so a consumer
@@ -128,6 +146,8 @@ class StreamsServer:
         self._address = (host, port)
         self._registry = StreamRegistry()
         self._protocol = StreamsProtocol(self._registry, iterator_ttl_seconds=iterator_ttl_seconds)
+        self._kinesis_registry = KinesisRegistry(self._registry.lock)
+        self._kinesis = KinesisProtocol(self._kinesis_registry, calls=self._protocol.calls)
         self._state = _State.UNSTARTED
         self._http: _HttpServer | None = None
         self._thread: threading.Thread | None = None
@@ -140,7 +160,7 @@ class StreamsServer:
         """Bind the port and serve from a daemon thread."""
         if self._state is not _State.UNSTARTED:
             raise RuntimeError(f"a StreamsServer starts once; this one is {self._state.value}")
-        self._http = _HttpServer(self._address, self._protocol)
+        self._http = _HttpServer(self._address, self._protocol, self._kinesis)
         self._thread = threading.Thread(
             target=self._http.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -188,12 +208,14 @@ class StreamsServer:
 
     @property
     def calls(self) -> Counter[str]:
-        """Requests received per operation (injected failures included); ``clear()`` resets."""
+        """Requests received per operation, of either protocol (injected failures included);
+        ``clear()`` resets. A Kinesis stream also counts its own (``calls``)."""
         return self._protocol.calls
 
     @property
     def iterator_ttl_seconds(self) -> float:
-        """Iterators older than this fail with ExpiredIteratorException; settable any time."""
+        """DynamoDB Streams iterators older than this fail with ExpiredIteratorException;
+        settable any time (a Kinesis stream has its own)."""
         return self._protocol.iterator_ttl_seconds
 
     @iterator_ttl_seconds.setter
@@ -225,6 +247,34 @@ class StreamsServer:
             range_key=range_key,
         )
 
+    @property
+    def kinesis_streams(self) -> list[ScriptedKinesisStream]:
+        """Every Kinesis stream, in creation order."""
+        return self._kinesis_registry.streams()
+
+    def create_kinesis_stream(
+        self,
+        name: str,
+        *,
+        shards: int = 1,
+        region: str = "us-east-1",
+        limits: bool = True,
+        iterator_ttl_seconds: float = 300.0,
+    ) -> ScriptedKinesisStream:
+        """A new ACTIVE Kinesis data stream with ``shards`` open shards of equal hash ranges.
+
+        ``limits=False`` starts it without the service's rate limits (GetRecords 5 calls
+        per second per shard, ListShards 1000 per second); the handle can change them later,
+        as it can ``iterator_ttl_seconds`` (5 minutes, as on the service).
+        """
+        return self._kinesis_registry.create_stream(
+            name,
+            region=region,
+            shards=shards,
+            limits=limits,
+            iterator_ttl_seconds=iterator_ttl_seconds,
+        )
+
     def stream(self, arn: str) -> ScriptedStream:
         found = self._registry.find(arn)
         if found is None:
@@ -240,7 +290,8 @@ class StreamsServer:
         times: int | None = 1,
         message: str | None = None,
     ) -> None:
-        """Make the next ``times`` calls of ``operation`` fail with ``code``.
+        """Make the next ``times`` DynamoDB Streams calls of ``operation`` fail with ``code``
+        (a Kinesis stream scripts its own faults: ``ScriptedKinesisStream.fail``).
 
         ``shard_id`` (GetRecords, GetShardIterator) limits the fault to calls on one shard;
         ``times=None`` fails every matching call until ``clear_faults()``. Faults queue in
