@@ -38,6 +38,7 @@ CASES: Final = (
     "scale",
     "processes",
     "runtimes",
+    "kinesis",
     "cost",
 )
 BACKGROUND: Final = frozenset({"cost"})  # waits more than it works: runs beside the others
@@ -62,6 +63,7 @@ def _case(name: str, plan: Plan, workdir: Path) -> Coroutine[Any, Any, CaseResul
     from bench import (
         checkpoints,
         cost,
+        kinesis,
         latency,
         pages,
         processes,
@@ -81,6 +83,7 @@ def _case(name: str, plan: Plan, workdir: Path) -> Coroutine[Any, Any, CaseResul
         "cost": lambda: cost.run(plan.cost, workdir),
         "processes": lambda: processes.run(plan.processes, workdir),
         "runtimes": lambda: runtimes.run(plan.runtimes, workdir),
+        "kinesis": lambda: kinesis.run(plan.kinesis, workdir),
         "profile": lambda: profiling.run(plan.throughput[0], workdir, RESULTS),
         "soak": lambda: soak.run(plan.soak, workdir),
     }

@@ -73,6 +73,18 @@ class StreamsProcess:
         self.process.stdin.write(line + "\n")
         self.process.stdin.flush()
 
+    def query(self, line: str) -> str:
+        """Send one control line that answers with one line (``calls``); its value, the
+        text after ``=``."""
+        self.command(line)
+        assert self.process.stdout is not None
+        answer = self.process.stdout.readline()
+        if not answer:
+            raise RuntimeError(
+                f"the server did not answer {line!r} (exit code {self.process.poll()})"
+            )
+        return answer.strip().partition("=")[2]
+
 
 @contextmanager
 def streams_process(
@@ -163,13 +175,15 @@ def pipeline_settings(
     handler: str = "bench.handlers:noop",
     batch_size: int = 1000,
     worker_yaml: str = "",
+    source: Literal["dynamodb", "kinesis"] = "dynamodb",
 ) -> Settings:
-    """One processor per ``name -> stream ARN``, Lambda's defaults except ``batch_size``;
+    """One processor per ``name -> stream ARN`` (of a DynamoDB stream, or of a Kinesis data
+    stream with ``source="kinesis"``), Lambda's defaults except ``batch_size``;
     ``worker_yaml`` adds lines to the ``worker:`` section (``gc: {thresholds: python}``)."""
     processors = "".join(
         f"""
       - name: {name}
-        source: {{dynamodb: {{stream_arn: "{arn}"}}}}
+        source: {{{source}: {{stream_arn: "{arn}"}}}}
         handler: {handler}
         starting_position: TRIM_HORIZON
         batch_size: {batch_size}"""

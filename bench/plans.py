@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bench.kinesis import KinesisPlan
 from bench.processes import ProcessesPlan
 from bench.runtimes import RuntimesPlan
 from bench.throughput import ThroughputPlan
@@ -86,6 +87,14 @@ class Plan:
     runtimes: RuntimesPlan = field(
         default_factory=lambda: RuntimesPlan(invocations=2000, batch_sizes=(1, 100))
     )
+    kinesis: KinesisPlan = field(
+        default_factory=lambda: KinesisPlan(
+            layouts=(
+                ThroughputPlan(shards=1, records_per_shard=300_000),
+                ThroughputPlan(shards=4, records_per_shard=100_000),
+            )
+        )
+    )
 
 
 FULL = Plan(
@@ -109,4 +118,20 @@ QUICK = Plan(
     soak=SoakPlan(4.0, 0.5, 1.0, 4, 2_000.0),
     processes=ProcessesPlan(shards=8, records_per_shard=100, timeout_s=60.0),
     runtimes=RuntimesPlan(invocations=50, batch_sizes=(1, 10), rounds=1),
+    kinesis=KinesisPlan(
+        layouts=(
+            ThroughputPlan(shards=1, records_per_shard=30_000, ceiling_seconds=0.5, timeout_s=30),
+            ThroughputPlan(shards=4, records_per_shard=10_000, ceiling_seconds=0.5, timeout_s=30),
+        ),
+        idle_shards=8,
+        settle_seconds=0.5,
+        idle_window_seconds=1.5,
+        busy_shards=2,
+        busy_rate=100.0,
+        busy_warmup_seconds=1.0,
+        busy_window_seconds=1.5,
+        backlog_shards=1,
+        backlog_records=20_000,
+        timeout_s=30.0,
+    ),
 )

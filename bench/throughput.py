@@ -39,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -64,10 +64,26 @@ from bench.harness import (
 )
 from bench.report import Baseline, CaseResult, Figure, Target
 
-__all__ = ["ThroughputPlan", "run"]
+__all__ = [
+    "AIOHTTP_CEILING",
+    "CEILING",
+    "DYNAMODB_STREAMS",
+    "KINESIS",
+    "NAIVE",
+    "StreamsApi",
+    "ThroughputPlan",
+    "bare_client",
+    "best_of",
+    "collector_off",
+    "http_client",
+    "naive_boto3",
+    "rate_figure",
+    "run",
+    "server_ceiling",
+    "shardwise",
+    "timer",
+]
 
-_TARGET: Final = "DynamoDBStreams_20120810."
-_HEADERS: Final = {"Content-Type": "application/x-amz-json-1.0"}
 NAIVE: Final = "naive boto3"
 CEILING: Final = "http.client+orjson ceiling (b)"
 AIOHTTP_CEILING: Final = "aiohttp+orjson ceiling (b2)"
@@ -90,13 +106,54 @@ class ThroughputPlan:
         return self.shards * self.records_per_shard
 
 
+@dataclass(frozen=True, slots=True)
+class StreamsApi:
+    """What the bare readers and the naive loop need to tell one stream API from the other:
+    both are AWS JSON protocols with the same four calls, named and paged differently."""
+
+    target: str  # the X-Amz-Target prefix
+    content_type: str
+    arn_key: str  # how a request names the stream
+    listing: Literal["DescribeStream", "ListShards"]
+    page_limit: int  # GetRecords' most records per call, asked for by every reader
+    record_key: bytes  # a key every wire record holds once: the server ceiling counts it
+    boto3_service: Literal["dynamodbstreams", "kinesis"]
+
+    def headers(self, operation: str) -> dict[str, str]:
+        return {"Content-Type": self.content_type, "X-Amz-Target": self.target + operation}
+
+
+DYNAMODB_STREAMS: Final = StreamsApi(
+    target="DynamoDBStreams_20120810.",
+    content_type="application/x-amz-json-1.0",
+    arn_key="StreamArn",
+    listing="DescribeStream",
+    page_limit=1000,
+    record_key=b'"eventID"',
+    boto3_service="dynamodbstreams",
+)
+KINESIS: Final = StreamsApi(
+    target="Kinesis_20131202.",
+    content_type="application/x-amz-json-1.1",
+    arn_key="StreamARN",
+    listing="ListShards",
+    page_limit=10_000,
+    record_key=b'"SequenceNumber"',
+    boto3_service="kinesis",
+)
+
+
 # -- the bare client: the ceiling and the transport+parse baseline ---------------------------
 
 
 async def _post(
-    http: aiohttp.ClientSession, url: str, operation: str, body: dict[str, Any]
+    http: aiohttp.ClientSession,
+    url: str,
+    operation: str,
+    body: dict[str, Any],
+    api: StreamsApi = DYNAMODB_STREAMS,
 ) -> bytes:
-    headers = {**_HEADERS, "X-Amz-Target": _TARGET + operation}
+    headers = api.headers(operation)
     async with http.post(url, data=orjson.dumps(body), headers=headers) as response:
         payload = await response.read()
         if response.status != 200:
@@ -104,24 +161,40 @@ async def _post(
         return payload
 
 
-async def _shard_ids(http: aiohttp.ClientSession, url: str, arn: str) -> list[str]:
+async def _shard_ids(
+    http: aiohttp.ClientSession, url: str, arn: str, api: StreamsApi = DYNAMODB_STREAMS
+) -> list[str]:
+    """Every shard: DescribeStream's pages (DynamoDB Streams) or ListShards' (Kinesis, where
+    a call with a NextToken must not name the stream)."""
     shard_ids: list[str] = []
     start: str | None = None
     while True:
-        request: dict[str, Any] = {"StreamArn": arn, "Limit": 100}
-        if start:
-            request["ExclusiveStartShardId"] = start
-        description = orjson.loads(await _post(http, url, "DescribeStream", request))
-        shards = description["StreamDescription"]
-        shard_ids += [s["ShardId"] for s in shards["Shards"]]
-        start = shards.get("LastEvaluatedShardId")
+        if api.listing == "ListShards":
+            request: dict[str, Any] = {"NextToken": start} if start else {api.arn_key: arn}
+            reply = orjson.loads(await _post(http, url, "ListShards", request, api))
+            shard_ids += [s["ShardId"] for s in reply["Shards"]]
+            start = reply.get("NextToken")
+        else:
+            request = {api.arn_key: arn, "Limit": 100}
+            if start:
+                request["ExclusiveStartShardId"] = start
+            description = orjson.loads(await _post(http, url, "DescribeStream", request, api))
+            shards = description["StreamDescription"]
+            shard_ids += [s["ShardId"] for s in shards["Shards"]]
+            start = shards.get("LastEvaluatedShardId")
         if not start:
             return shard_ids
 
 
-async def _iterator(http: aiohttp.ClientSession, url: str, arn: str, shard_id: str) -> str:
-    request = {"StreamArn": arn, "ShardId": shard_id, "ShardIteratorType": "TRIM_HORIZON"}
-    iterator: str = orjson.loads(await _post(http, url, "GetShardIterator", request))[
+async def _iterator(
+    http: aiohttp.ClientSession,
+    url: str,
+    arn: str,
+    shard_id: str,
+    api: StreamsApi = DYNAMODB_STREAMS,
+) -> str:
+    request = {api.arn_key: arn, "ShardId": shard_id, "ShardIteratorType": "TRIM_HORIZON"}
+    iterator: str = orjson.loads(await _post(http, url, "GetShardIterator", request, api))[
         "ShardIterator"
     ]
     return iterator
@@ -131,11 +204,13 @@ def _bare_session(connections: int) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections))
 
 
-async def server_ceiling(server: StreamsProcess, *, readers: int, seconds: float) -> float:
+async def server_ceiling(
+    server: StreamsProcess, *, readers: int, seconds: float, api: StreamsApi = DYNAMODB_STREAMS
+) -> float:
     """Records/s the server hands out to ``readers`` concurrent clients that parse nothing."""
     url = server.endpoint_url + "/"
     async with _bare_session(readers) as http:
-        shard_ids = await _shard_ids(http, url, server.stream_arn)
+        shard_ids = await _shard_ids(http, url, server.stream_arn, api)
         deadline = time.perf_counter() + seconds
         counts = [0] * readers
 
@@ -144,9 +219,10 @@ async def server_ceiling(server: StreamsProcess, *, readers: int, seconds: float
             iterator: str | None = None
             while time.perf_counter() < deadline:
                 if iterator is None:
-                    iterator = await _iterator(http, url, server.stream_arn, shard_id)
-                body = await _post(http, url, "GetRecords", {"ShardIterator": iterator})
-                records = body.count(b'"eventID"')
+                    iterator = await _iterator(http, url, server.stream_arn, shard_id, api)
+                request = {"ShardIterator": iterator, "Limit": api.page_limit}
+                body = await _post(http, url, "GetRecords", request, api)
+                records = body.count(api.record_key)
                 counts[n] += records
                 tail = body.rfind(b'"NextShardIterator":"')
                 iterator = None if tail < 0 or not records else body[tail + 21 : -2].decode()
@@ -158,21 +234,22 @@ async def server_ceiling(server: StreamsProcess, *, readers: int, seconds: float
         return sum(counts) / (time.perf_counter() - started)
 
 
-async def bare_client(server: StreamsProcess, total: int, *, timeout_s: float) -> Timed:
+async def bare_client(
+    server: StreamsProcess, total: int, *, timeout_s: float, api: StreamsApi = DYNAMODB_STREAMS
+) -> Timed:
     """(b2): every shard read to its end by aiohttp, pages decoded with orjson; nothing else."""
     url = server.endpoint_url + "/"
     stopwatch = Stopwatch()
     counts: list[int] = []
     async with _bare_session(64) as http:
-        shard_ids = await _shard_ids(http, url, server.stream_arn)
+        shard_ids = await _shard_ids(http, url, server.stream_arn, api)
         counts = [0] * len(shard_ids)
 
         async def read(n: int, shard_id: str) -> None:
-            iterator: str | None = await _iterator(http, url, server.stream_arn, shard_id)
+            iterator: str | None = await _iterator(http, url, server.stream_arn, shard_id, api)
             while iterator is not None:
-                body = await _post(
-                    http, url, "GetRecords", {"ShardIterator": iterator, "Limit": 1000}
-                )
+                request = {"ShardIterator": iterator, "Limit": api.page_limit}
+                body = await _post(http, url, "GetRecords", request, api)
                 page = orjson.loads(body)
                 records = page["Records"]
                 if not records:
@@ -187,13 +264,15 @@ async def bare_client(server: StreamsProcess, total: int, *, timeout_s: float) -
     return stopwatch.timed(sum(counts), total)
 
 
-def _send_get_records(connection: http.client.HTTPConnection, iterator: str) -> None:
-    body = orjson.dumps({"ShardIterator": iterator, "Limit": 1000})
-    connection.request("POST", "/", body, {**_HEADERS, "X-Amz-Target": _TARGET + "GetRecords"})
+def _send_get_records(
+    connection: http.client.HTTPConnection, iterator: str, api: StreamsApi
+) -> None:
+    body = orjson.dumps({"ShardIterator": iterator, "Limit": api.page_limit})
+    connection.request("POST", "/", body, api.headers("GetRecords"))
 
 
 def _read_round_robin(
-    endpoint_url: str, iterators: list[str], total: int, timeout_s: float
+    endpoint_url: str, iterators: list[str], total: int, timeout_s: float, api: StreamsApi
 ) -> Timed:
     """Read every shard to its end from this thread, a GetRecords call outstanding on each
     shard's own keep-alive connection: while one page is decoded, the server answers the
@@ -209,7 +288,7 @@ def _read_round_robin(
     try:
         pending = dict(enumerate(iterators))  # shard number -> the iterator requested
         for n, iterator in pending.items():
-            _send_get_records(connections[n], iterator)
+            _send_get_records(connections[n], iterator, api)
         while pending and time.perf_counter() < deadline:
             for n in list(pending):
                 response = connections[n].getresponse()
@@ -226,14 +305,16 @@ def _read_round_robin(
                     del pending[n]
                     continue
                 pending[n] = following
-                _send_get_records(connections[n], following)
+                _send_get_records(connections[n], following, api)
     finally:
         for connection in connections:
             connection.close()
     return stopwatch.timed(handled, total)
 
 
-async def http_client(server: StreamsProcess, total: int, *, timeout_s: float) -> Timed:
+async def http_client(
+    server: StreamsProcess, total: int, *, timeout_s: float, api: StreamsApi = DYNAMODB_STREAMS
+) -> Timed:
     """(b): every shard read to its end over blocking ``http.client`` connections, one
     per shard, from one thread; pages decoded with orjson; nothing else.
 
@@ -243,15 +324,15 @@ async def http_client(server: StreamsProcess, total: int, *, timeout_s: float) -
     """
     url = server.endpoint_url + "/"
     async with _bare_session(1) as http:
-        shard_ids = await _shard_ids(http, url, server.stream_arn)
-        iterators = [await _iterator(http, url, server.stream_arn, s) for s in shard_ids]
+        shard_ids = await _shard_ids(http, url, server.stream_arn, api)
+        iterators = [await _iterator(http, url, server.stream_arn, s, api) for s in shard_ids]
     return await asyncio.to_thread(
-        _read_round_robin, server.endpoint_url, iterators, total, timeout_s
+        _read_round_robin, server.endpoint_url, iterators, total, timeout_s, api
     )
 
 
 @contextmanager
-def _collector_off() -> Iterator[None]:
+def collector_off() -> Iterator[None]:
     """The cyclic garbage collector off while a ceiling reads: decoded pages hold no cycles
     and reference counting frees them, so the fastest reader does not scan them."""
     gc.collect()
@@ -265,33 +346,45 @@ def _collector_off() -> Iterator[None]:
 # -- (a) the hand-written boto3 consumer ---------------------------------------------------------
 
 
-def naive_boto3(server: StreamsProcess, total: int) -> Timed:
-    """What a user writes by hand: boto3, one thread per shard, JSON-safe records."""
-    stopwatch = Stopwatch()
-    handled = [0]
-    lock = threading.Lock()
-    client = boto3.client(
-        "dynamodbstreams",
-        endpoint_url=server.endpoint_url,
-        region_name="us-east-1",
-        config=Config(max_pool_connections=64, retries={"total_max_attempts": 1}),
-    )
+def _boto3_shard_ids(client: Any, arn: str, api: StreamsApi) -> list[str]:
+    """Every shard, listed as a user would: DescribeStream's pages, or ListShards'."""
     shard_ids: list[str] = []
-    kwargs: dict[str, Any] = {"StreamArn": server.stream_arn}
+    if api.listing == "ListShards":
+        kwargs: dict[str, Any] = {api.arn_key: arn}
+        while True:
+            reply = client.list_shards(**kwargs)
+            shard_ids += [s["ShardId"] for s in reply["Shards"]]
+            if not reply.get("NextToken"):
+                return shard_ids
+            kwargs = {"NextToken": reply["NextToken"]}
+    kwargs = {api.arn_key: arn}
     while True:
         description = client.describe_stream(**kwargs)["StreamDescription"]
         shard_ids += [s["ShardId"] for s in description["Shards"]]
         if "LastEvaluatedShardId" not in description:
-            break
+            return shard_ids
         kwargs["ExclusiveStartShardId"] = description["LastEvaluatedShardId"]
 
+
+def naive_boto3(server: StreamsProcess, total: int, api: StreamsApi = DYNAMODB_STREAMS) -> Timed:
+    """What a user writes by hand: boto3, one thread per shard, JSON-safe records."""
+    stopwatch = Stopwatch()
+    handled = [0]
+    lock = threading.Lock()
+    client: Any = boto3.client(  # either service's client: the loop below fits both
+        api.boto3_service,
+        endpoint_url=server.endpoint_url,
+        region_name="us-east-1",
+        config=Config(max_pool_connections=64, retries={"total_max_attempts": 1}),
+    )
+    shard_ids = _boto3_shard_ids(client, server.stream_arn, api)
+
     def read(shard_id: str) -> int:
-        iterator: str | None = client.get_shard_iterator(
-            StreamArn=server.stream_arn, ShardId=shard_id, ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
+        start = {api.arn_key: server.stream_arn, "ShardIteratorType": "TRIM_HORIZON"}
+        iterator: str | None = client.get_shard_iterator(ShardId=shard_id, **start)["ShardIterator"]
         count = 0
         while iterator:
-            response = client.get_records(ShardIterator=iterator, Limit=1000)
+            response = client.get_records(ShardIterator=iterator, Limit=api.page_limit)
             records = response["Records"]
             if not records:
                 break
@@ -321,9 +414,12 @@ async def shardwise(
     raw: bool,
     timeout_s: float,
     worker_yaml: str = "",
+    source: Literal["dynamodb", "kinesis"] = "dynamodb",
+    batch_size: int = 1000,
 ) -> Timed:
-    """A real ``Supervisor`` (raw: reading through ``RawDynamoDBStreamsSource``);
-    ``worker_yaml`` as for ``pipeline_settings``.
+    """A real ``Supervisor`` (raw: reading through ``RawDynamoDBStreamsSource``; a Kinesis
+    ``source`` is always read through the raw client); ``worker_yaml``, ``source`` and
+    ``batch_size`` as for ``pipeline_settings``.
 
     Timed by the no-op handler's own notes of its calls (``handlers.CALLS``), so watching
     for the end, every 20 ms, adds nothing to the figure.
@@ -333,6 +429,8 @@ async def shardwise(
         streams={name: server.stream_arn},
         store_url=store_url,
         worker_yaml=worker_yaml,
+        source=source,
+        batch_size=batch_size,
     )
     handlers.CALLS.clear()
     started = time.perf_counter()
@@ -349,7 +447,7 @@ async def shardwise(
 
 
 @contextmanager
-def _timer(result: CaseResult) -> Iterator[None]:
+def timer(result: CaseResult) -> Iterator[None]:
     started = time.perf_counter()
     try:
         yield
@@ -357,7 +455,7 @@ def _timer(result: CaseResult) -> Iterator[None]:
         result.seconds += time.perf_counter() - started
 
 
-def _figure(
+def rate_figure(
     name: str,
     timed: Timed,
     baseline: Baseline | None = None,
@@ -370,7 +468,7 @@ def _figure(
     return Figure(name, timed.rate, "records/s", baseline, target, note)
 
 
-async def _best(runs: int, read: Callable[[int], Awaitable[Timed]]) -> Timed:
+async def best_of(runs: int, read: Callable[[int], Awaitable[Timed]]) -> Timed:
     """The fastest of ``runs`` reads (``read(n)`` for n in 0..runs-1): readers that take a
     fraction of a second are timed more than once, so that one stall elsewhere on the
     machine does not decide their figure."""
@@ -393,21 +491,21 @@ async def _one_layout(
     with streams_process(*args) as server:
         server_rate = await server_ceiling(server, readers=32, seconds=plan.ceiling_seconds)
         result.add(Figure(f"server ceiling, 32 readers, {label}", server_rate, "records/s"))
-        with _collector_off():
-            blocking = await _best(
+        with collector_off():
+            blocking = await best_of(
                 plan.best_of, lambda _: http_client(server, plan.total, timeout_s=timeout_s)
             )
-            bare = await _best(
+            bare = await best_of(
                 plan.best_of, lambda _: bare_client(server, plan.total, timeout_s=timeout_s)
             )
         best = f"; best of {plan.best_of} runs"
         result.add(
-            _figure(
+            rate_figure(
                 f"{CEILING}, {label}", blocking, Baseline("server ceiling", server_rate), note=best
             )
         )
         result.add(
-            _figure(
+            rate_figure(
                 f"{AIOHTTP_CEILING}, {label}", bare, Baseline(CEILING, blocking.rate), note=best
             )
         )
@@ -431,7 +529,7 @@ async def _one_layout(
 
         naive = await asyncio.to_thread(naive_boto3, server, plan.total)
         baseline = Baseline(NAIVE, naive.rate)
-        result.add(_figure(f"{NAIVE}, {label}", naive, ceiling))
+        result.add(rate_figure(f"{NAIVE}, {label}", naive, ceiling))
         stores = [("SQLite", sqlite_url)] + ([("PostgreSQL", pg_url)] if pg_url else [])
         for store, url in stores:
             name = f"tp{plan.shards}{store[:2].lower()}"
@@ -439,26 +537,26 @@ async def _one_layout(
                 server, url, name + "a", plan.total, raw=False, timeout_s=timeout_s
             )
             what = f"shardwise, aiobotocore ({store}), {label}"
-            result.add(_figure(what, timed, baseline))
-            result.add(_figure(what, timed, ceiling))
-            raw = await _best(plan.best_of, raw_default(url, name + "r"))
+            result.add(rate_figure(what, timed, baseline))
+            result.add(rate_figure(what, timed, ceiling))
+            raw = await best_of(plan.best_of, raw_default(url, name + "r"))
             what = f"shardwise, raw default ({store}), {label}"
             # Issue 12's lines: of the ceiling at 4 and 64 shards, 8x the naive loop at all.
             share = 0.8 if store == "PostgreSQL" else 0.6
             of_ceiling = Target("ratio", ">=", share) if plan.shards > 1 else None
-            result.add(_figure(what, raw, baseline, Target("ratio", ">=", 8.0), note=best))
-            result.add(_figure(what, raw, ceiling, of_ceiling, note=best))
+            result.add(rate_figure(what, raw, baseline, Target("ratio", ">=", 8.0), note=best))
+            result.add(rate_figure(what, raw, ceiling, of_ceiling, note=best))
         store, url = stores[-1]  # before/after on the store of the last ``raw`` run
-        untuned = await _best(plan.best_of, raw_default(url, f"tp{plan.shards}gc", GC_UNTUNED))
+        untuned = await best_of(plan.best_of, raw_default(url, f"tp{plan.shards}gc", GC_UNTUNED))
         what = f"shardwise, raw default ({store}), GC untuned (Python defaults), {label}"
         tuned = Baseline(f"raw default ({store}), GC tuned", raw.rate)
-        result.add(_figure(what, untuned, ceiling, note=best))
-        result.add(_figure(what, untuned, tuned, note=best))
+        result.add(rate_figure(what, untuned, ceiling, note=best))
+        result.add(rate_figure(what, untuned, tuned, note=best))
 
 
 async def run(plans: list[ThroughputPlan], workdir: Path) -> CaseResult:
     result = CaseResult("throughput", "records/s, no-op handler, batch_size 1000")
-    with _timer(result):
+    with timer(result):
         sqlite_url = await migrated(f"sqlite+aiosqlite:///{workdir / 'throughput.db'}")
         async with scratch_postgres() as pg_url:
             if pg_url is None:

@@ -91,6 +91,37 @@ processors:
     return parse_config(text, source="test.yaml", config_dir=tmp_path)
 
 
+def kinesis_worker_settings(
+    tmp_path: Path,
+    *,
+    endpoint_url: str,
+    store_url: str,
+    arn: str,
+    handler: str,
+    worker: str,
+    name: str,
+    extra: str = "",
+) -> Settings:
+    """One worker (its own ``worker.id``, short leases) of processor ``name`` reading the
+    Kinesis stream ``arn`` with ``handler``; ``extra`` adds processor keys."""
+    text = f"""
+aws: {{region: us-east-1, endpoint_url: "{endpoint_url}"}}
+store: {{url: "{store_url}"}}
+worker:
+  id: {worker}
+  lease_duration_seconds: 2
+  shutdown_timeout_seconds: 10
+  shard_sync_interval_seconds: 1
+processors:
+  - name: {name}
+    source: {{kinesis: {{stream_arn: "{arn}"}}}}
+    handler: {handler}
+    starting_position: TRIM_HORIZON
+{textwrap.indent(textwrap.dedent(extra).strip(), "    ")}
+"""
+    return parse_config(text, source=f"{worker}.yaml", config_dir=tmp_path)
+
+
 @asynccontextmanager
 async def running(settings: Settings) -> AsyncIterator[Supervisor]:
     """Run a supervisor in the background; on exit drain it and re-raise its failure."""

@@ -25,6 +25,7 @@ MODULES = (
     "bench.cost",
     "bench.handlers",
     "bench.harness",
+    "bench.kinesis",
     "bench.latency",
     "bench.load_server",
     "bench.pages",
@@ -58,6 +59,7 @@ class TestBenchSmoke:
             "scale",
             "processes",
             "runtimes",
+            "kinesis",
             "cost",
         }
         for case in cases.values():

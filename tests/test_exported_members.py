@@ -14,6 +14,7 @@ PUBLIC = {
         "KINESIS_SHAPE",
         "Batch",
         "Position",
+        "ReadLimits",
         "RecordPage",
         "RecordShape",
         "SequenceNumber",

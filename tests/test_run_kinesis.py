@@ -23,9 +23,16 @@ from typing import Any
 import boto3
 import pytest
 
-from shardwise.config import Settings, parse_config
+from shardwise.config import Settings
 from shardwise.supervisor import Supervisor
-from tests.e2e import read_jsonl, recording_handler, running, settings_for, wait_until
+from tests.e2e import (
+    kinesis_worker_settings,
+    read_jsonl,
+    recording_handler,
+    running,
+    settings_for,
+    wait_until,
+)
 
 
 def _kinesis(endpoint_url: str) -> Any:
@@ -193,26 +200,6 @@ class TestRecords:
         assert payloads(read_jsonl(out)) == [{"n": i} for i in range(6)]
 
 
-def _worker_settings(
-    tmp_path: Path, endpoint_url: str, store_url: str, arn: str, handler: str, worker: str
-) -> Settings:
-    text = f"""
-aws: {{region: us-east-1, endpoint_url: "{endpoint_url}"}}
-store: {{url: "{store_url}"}}
-worker:
-  id: {worker}
-  lease_duration_seconds: 2
-  shutdown_timeout_seconds: 10
-  shard_sync_interval_seconds: 1
-processors:
-  - name: merge
-    source: {{kinesis: {{stream_arn: "{arn}"}}}}
-    handler: {handler}
-    starting_position: TRIM_HORIZON
-"""
-    return parse_config(text, source=f"{worker}.yaml", config_dir=tmp_path)
-
-
 TIMED_HANDLER = """
 import json, os, time
 OUT = os.path.join(os.path.dirname(__file__), "timed.jsonl")
@@ -239,7 +226,15 @@ class TestResharding:
         client, name, arn = create_stream(moto_endpoint, shards=2)
         (tmp_path / "timed_merge.py").write_text(TIMED_HANDLER)
         a, b = (
-            _worker_settings(tmp_path, moto_endpoint, postgres_url, arn, "timed_merge:handler", w)
+            kinesis_worker_settings(
+                tmp_path,
+                endpoint_url=moto_endpoint,
+                store_url=postgres_url,
+                arn=arn,
+                handler="timed_merge:handler",
+                worker=w,
+                name="merge",
+            )
             for w in ("wa", "wb")
         )
         out = tmp_path / "timed.jsonl"

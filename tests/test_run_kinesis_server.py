@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from shardwise.config import Settings, parse_config
+from shardwise.config import Settings
 from shardwise.testing import ScriptedKinesisStream, StreamsServer
-from tests.e2e import read_jsonl, wait_until, write_module
+from tests.e2e import kinesis_worker_settings, read_jsonl, wait_until, write_module
 from tests.test_run_kinesis import workers
 
 HANDLER = """
@@ -41,22 +41,16 @@ def server() -> Iterator[StreamsServer]:
 
 
 def settings(tmp_path: Path, server: StreamsServer, arn: str, store: str, worker: str) -> Settings:
-    text = f"""
-aws: {{region: us-east-1, endpoint_url: "{server.endpoint_url}"}}
-store: {{url: "{store}"}}
-worker:
-  id: {worker}
-  lease_duration_seconds: 2
-  shutdown_timeout_seconds: 10
-  shard_sync_interval_seconds: 1
-processors:
-  - name: reshard
-    source: {{kinesis: {{stream_arn: "{arn}"}}}}
-    handler: reshard_handler:handler
-    starting_position: TRIM_HORIZON
-    batch_size: 7
-"""
-    return parse_config(text, source=f"{worker}.yaml", config_dir=tmp_path)
+    return kinesis_worker_settings(
+        tmp_path,
+        endpoint_url=server.endpoint_url,
+        store_url=store,
+        arn=arn,
+        handler="reshard_handler:handler",
+        worker=worker,
+        name="reshard",
+        extra="batch_size: 7",
+    )
 
 
 def put(stream: ScriptedKinesisStream, numbers: range) -> None:

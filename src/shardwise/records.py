@@ -20,6 +20,7 @@ __all__ = [
     "KINESIS_SHAPE",
     "Batch",
     "Position",
+    "ReadLimits",
     "RecordPage",
     "RecordShape",
     "SequenceNumber",
@@ -158,6 +159,17 @@ class ShardListing:
     @property
     def enabled(self) -> bool:
         return self.status in {"ENABLED", "ENABLING", "ACTIVE", "UPDATING"}
+
+
+@dataclass(frozen=True, slots=True)
+class ReadLimits:
+    """How a source's shards may be read: its API's page size and polling budget."""
+
+    records_per_call: int  # the most records one GetRecords call returns (a full page)
+    poll_interval_s: float  # between polls while a shard has records (Lambda's rate)
+    # Between two GetRecords calls on one shard, even with a backlog (0: no floor; Kinesis
+    # allows 5 calls/s per shard, shared by every consumer of the stream).
+    min_call_interval_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 from shardwise.dispatch.consumer import ConsumerSettings, ShardConsumer, ShardOutcome
-from shardwise.dispatch.protocols import MAX_RECORDS_PER_CALL
 from shardwise.errors import ExpiredIteratorError, LeaseLostError
 from shardwise.observe.progress import ProcessorProgress
 from shardwise.records import (
     Batch,
     Position,
+    ReadLimits,
     RecordPage,
     SequenceNumber,
     ShardId,
@@ -24,6 +24,8 @@ from shardwise.records import (
     StreamRecord,
 )
 
+# DynamoDB Streams' limits: 1000 records a page, 4 polls a second while busy.
+READ_LIMITS = ReadLimits(records_per_call=1000, poll_interval_s=0.25)
 ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/T/stream/2026-01-01T00:00:00.000"
 SHARD = ShardId("shardId-1")
 
@@ -41,7 +43,7 @@ class PagedSource:
 
     pages: list[list[StreamRecord]]
     stream_arn: str = ARN
-    records_per_call: int = MAX_RECORDS_PER_CALL
+    read_limits: ReadLimits = READ_LIMITS
 
     async def describe(self) -> ShardListing:
         raise NotImplementedError
@@ -199,7 +201,7 @@ class BacklogSource:
     fail: dict[int, Exception] = field(default_factory=dict)
     reads: list[int] = field(default_factory=list)
     stream_arn: str = ARN
-    records_per_call: int = MAX_RECORDS_PER_CALL
+    read_limits: ReadLimits = READ_LIMITS
 
     async def describe(self) -> ShardListing:
         raise NotImplementedError

@@ -6,27 +6,29 @@ import hashlib
 import itertools
 import json
 import re
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from shardwise.testing import ScriptedKinesisStream, StreamsServer
+from tests.testing.conftest import (
+    JSON_1_1,
+    NO_RETRIES,
+    command_line_server,
+    error_code,
+    raw_call,
+    read_to_end,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_kinesis import KinesisClient
     from mypy_boto3_kinesis.literals import ShardIteratorTypeType
 
-NO_RETRIES = Config(retries={"total_max_attempts": 1})
 HASH_KEYS = 2**128
 
 
@@ -39,12 +41,6 @@ def kinesis_client(server: StreamsServer, region: str = "us-east-1") -> KinesisC
         aws_secret_access_key="x",
         config=NO_RETRIES,
     )
-
-
-@pytest.fixture
-def server() -> Iterator[StreamsServer]:
-    with StreamsServer() as running:
-        yield running
 
 
 @pytest.fixture
@@ -75,29 +71,8 @@ def iterator(
     )["ShardIterator"]
 
 
-def read_to_end(
-    client: KinesisClient, shard_iterator: str
-) -> tuple[list[Mapping[str, Any]], Mapping[str, Any]]:
-    """Every record of a closed shard, and its last page; fails if the shard never ends."""
-    records: list[Mapping[str, Any]] = []
-    for _ in range(1000):
-        # The stubs type NextShardIterator as always present; a closed shard's last page
-        # has none, which is the point of this helper.
-        page: Mapping[str, Any] = client.get_records(ShardIterator=shard_iterator)
-        records += page["Records"]
-        next_iterator = page.get("NextShardIterator")
-        if next_iterator is None:
-            return records, page
-        shard_iterator = next_iterator
-    raise AssertionError("the shard never ended")
-
-
 def sequence_numbers(records: Sequence[Mapping[str, Any]]) -> list[str]:
     return [record["SequenceNumber"] for record in records]
-
-
-def error_code(info: pytest.ExceptionInfo[ClientError]) -> str:
-    return info.value.response["Error"]["Code"]
 
 
 def md5_hash_key(partition_key: str) -> int:
@@ -113,24 +88,6 @@ def all_shards(client: KinesisClient, stream: ScriptedKinesisStream) -> list[Map
     reply = client.list_shards(StreamARN=stream.arn, MaxResults=10_000)
     assert "NextToken" not in reply
     return list(reply["Shards"])
-
-
-def raw_call(server: StreamsServer, target: str, body: dict[str, Any]) -> tuple[int, str, Any]:
-    """One unsigned request without botocore: status, Content-Type and the JSON sent back."""
-    request = urllib.request.Request(
-        server.endpoint_url + "/",
-        data=json.dumps(body).encode(),
-        headers={"X-Amz-Target": target, "Content-Type": "application/x-amz-json-1.1"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, response.headers["Content-Type"], json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        try:
-            return error.code, error.headers["Content-Type"], json.loads(error.read())
-        finally:
-            error.close()
 
 
 class TestListShards:
@@ -903,14 +860,17 @@ class TestWire:
 
     def test_errors_have_the_json_1_1_shape(self, server: StreamsServer) -> None:
         status, content_type, body = raw_call(
-            server, "Kinesis_20131202.DescribeStreamSummary", {"StreamName": "Missing"}
+            server,
+            "Kinesis_20131202.DescribeStreamSummary",
+            {"StreamName": "Missing"},
+            content_type=JSON_1_1,
         )
         assert (status, content_type) == (400, "application/x-amz-json-1.1")
         assert body == {
             "__type": "ResourceNotFoundException",
             "message": "Stream Missing under account 123456789012 not found.",
         }
-        status, _, body = raw_call(server, "Kinesis_20131202.Nope", {})
+        status, _, body = raw_call(server, "Kinesis_20131202.Nope", {}, content_type=JSON_1_1)
         assert (status, body["__type"]) == (400, "UnknownOperationException")
 
     def test_one_port_serves_dynamodb_streams_and_kinesis(self, server: StreamsServer) -> None:
@@ -969,24 +929,14 @@ class TestCommandLine:
     """``python -m shardwise.testing.streams_server --kinesis`` serves a stream on its own."""
 
     def test_serves_a_kinesis_stream(self) -> None:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "shardwise.testing.streams_server",
-                "--kinesis",
-                "--stream-name=Bench",
-                "--shards=4",
-                "--records=20000",
-                "--no-limits",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert process.stdout is not None
-            lines = dict(process.stdout.readline().strip().split("=", 1) for _ in range(3))
+        with command_line_server(
+            "--kinesis",
+            "--stream-name=Bench",
+            "--shards=4",
+            "--records=20000",
+            "--no-limits",
+            lines=3,
+        ) as lines:
             assert lines["stream_name"] == "Bench"
             assert lines["stream_arn"] == "arn:aws:kinesis:us-east-1:123456789012:stream/Bench"
             client = boto3.client(
@@ -1006,8 +956,3 @@ class TestCommandLine:
             assert len(page["Records"]) == 10_000
             assert page["MillisBehindLatest"] > 0
             client.close()
-        finally:
-            process.terminate()
-            _, stderr = process.communicate(timeout=10)
-        assert process.returncode == 0
-        assert stderr == ""

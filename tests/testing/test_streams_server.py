@@ -4,29 +4,30 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from shardwise.testing import ScriptedStream, StreamsServer
+from tests.testing.conftest import (
+    JSON_1_0,
+    NO_RETRIES,
+    command_line_server,
+    error_code,
+    raw_call,
+    read_to_end,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodbstreams import DynamoDBStreamsClient
     from mypy_boto3_dynamodbstreams.literals import ShardIteratorTypeType
-    from mypy_boto3_dynamodbstreams.type_defs import RecordTypeDef
 
-NO_RETRIES = Config(retries={"total_max_attempts": 1})
 KEY = {"Id": {"N": "1"}}
 NEW = {"Id": {"N": "1"}, "Status": {"S": "NEW"}}
 OLD = {"Id": {"N": "1"}, "Status": {"S": "OLD"}}
@@ -36,12 +37,6 @@ def streams_client(server: StreamsServer, region: str = "us-east-1") -> DynamoDB
     return boto3.client(
         "dynamodbstreams", endpoint_url=server.endpoint_url, region_name=region, config=NO_RETRIES
     )
-
-
-@pytest.fixture
-def server() -> Iterator[StreamsServer]:
-    with StreamsServer() as running:
-        yield running
 
 
 @pytest.fixture
@@ -69,45 +64,8 @@ def iterator(
     )["ShardIterator"]
 
 
-def read_to_end(client: DynamoDBStreamsClient, shard_iterator: str) -> list[RecordTypeDef]:
-    """Every record of a closed shard; fails if the shard never ends."""
-    records: list[RecordTypeDef] = []
-    for _ in range(1000):
-        # The stubs type NextShardIterator as always present; a closed shard's last page
-        # has none, which is the point of this helper.
-        page: Mapping[str, Any] = client.get_records(ShardIterator=shard_iterator)
-        records += page["Records"]
-        next_iterator = page.get("NextShardIterator")
-        if next_iterator is None:
-            return records
-        shard_iterator = next_iterator
-    raise AssertionError("the shard never ended")
-
-
 def sequence_numbers(records: Sequence[Mapping[str, Any]]) -> list[str]:
     return [record["dynamodb"]["SequenceNumber"] for record in records]
-
-
-def error_code(info: pytest.ExceptionInfo[ClientError]) -> str:
-    return info.value.response["Error"]["Code"]
-
-
-def raw_call(server: StreamsServer, target: str, body: dict[str, Any]) -> tuple[int, Any]:
-    """One request without botocore, to see the bytes' JSON as sent."""
-    request = urllib.request.Request(
-        server.endpoint_url + "/",
-        data=json.dumps(body).encode(),
-        headers={"X-Amz-Target": target, "Content-Type": "application/x-amz-json-1.0"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        try:
-            return error.code, json.loads(error.read())
-        finally:
-            error.close()
 
 
 class TestDescribeStream:
@@ -244,7 +202,7 @@ class TestLineage:
         (shard,) = client.describe_stream(StreamArn=stream.arn)["StreamDescription"]["Shards"]
         sequence_range = shard["SequenceNumberRange"]
         assert sequence_range["EndingSequenceNumber"] == sequence_range["StartingSequenceNumber"]
-        assert read_to_end(client, iterator(client, stream, shard_id)) == []
+        assert read_to_end(client, iterator(client, stream, shard_id))[0] == []
 
     def test_closed_shards_take_no_records(self, stream: ScriptedStream) -> None:
         (shard_id,) = stream.shard_ids
@@ -297,7 +255,7 @@ class TestGetRecords:
         stream.close_shard(shard_id)
         first = client.get_records(ShardIterator=iterator(client, stream, shard_id))
         assert len(first["Records"]) == 1000
-        rest = read_to_end(client, first["NextShardIterator"])
+        rest, _ = read_to_end(client, first["NextShardIterator"])
         assert sequence_numbers(first["Records"]) + sequence_numbers(rest) == written
         assert [int(n) for n in written] == sorted({int(n) for n in written})
 
@@ -494,16 +452,18 @@ class TestRecordShape:
     def test_raw_record_json(self, server: StreamsServer, stream: ScriptedStream) -> None:
         shard_id = stream.shard_ids[0]
         number = stream.put(shard_id, keys=KEY, new_image=NEW, created=1_700_000_000.9)
-        status, answer = raw_call(
+        status, _, answer = raw_call(
             server,
             "DynamoDBStreams_20120810.GetShardIterator",
             {"StreamArn": stream.arn, "ShardId": shard_id, "ShardIteratorType": "TRIM_HORIZON"},
+            content_type=JSON_1_0,
         )
         assert status == 200
-        status, page = raw_call(
+        status, _, page = raw_call(
             server,
             "DynamoDBStreams_20120810.GetRecords",
             {"ShardIterator": answer["ShardIterator"]},
+            content_type=JSON_1_0,
         )
         assert status == 200
         (record,) = page["Records"]
@@ -548,8 +508,11 @@ class TestRecordShape:
         assert numbers == sorted(set(numbers))
 
     def test_errors_have_the_dynamodb_error_type(self, server: StreamsServer) -> None:
-        status, body = raw_call(
-            server, "DynamoDBStreams_20120810.DescribeStream", {"StreamArn": "arn:nope"}
+        status, _, body = raw_call(
+            server,
+            "DynamoDBStreams_20120810.DescribeStream",
+            {"StreamArn": "arn:nope"},
+            content_type=JSON_1_0,
         )
         assert status == 400
         assert body["__type"] == "com.amazonaws.dynamodb.v20120810#ResourceNotFoundException"
@@ -779,25 +742,13 @@ class TestLifecycle:
         client.close()
 
     def test_command_line_serves_a_stream(self) -> None:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "shardwise.testing.streams_server",
-                "--port=0",
-                "--shards=2",
-                "--records=10",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert process.stdout is not None
-            endpoint = process.stdout.readline().strip().removeprefix("endpoint_url=")
-            arn = process.stdout.readline().strip().removeprefix("stream_arn=")
+        with command_line_server("--port=0", "--shards=2", "--records=10", lines=2) as lines:
+            arn = lines["stream_arn"]
             client = boto3.client(
-                "dynamodbstreams", endpoint_url=endpoint, region_name="us-east-1", config=NO_RETRIES
+                "dynamodbstreams",
+                endpoint_url=lines["endpoint_url"],
+                region_name="us-east-1",
+                config=NO_RETRIES,
             )
             shards = client.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]
             assert len(shards) == 2
@@ -806,8 +757,3 @@ class TestLifecycle:
             )["ShardIterator"]
             assert len(client.get_records(ShardIterator=shard_iterator)["Records"]) == 10
             client.close()
-        finally:
-            process.terminate()
-            _, stderr = process.communicate(timeout=10)
-        assert process.returncode == 0
-        assert stderr == ""

@@ -303,7 +303,8 @@ class ProcessorConfig(ConfigModel):
     filter_criteria: FilterCriteriaConfig | None = None
     """FilterCriteria: records matching no filter are consumed without invoking the handler."""
     max_poll_interval_seconds: Seconds = Field(default=3.0, ge=0.25, le=300)
-    """Longest pause between GetRecords calls on an idle shard (4 polls/s while busy)."""
+    """Longest pause between GetRecords calls on an idle shard (while busy, as Lambda: 4
+    polls/s for DynamoDB Streams, 1 for Kinesis)."""
 
     @property
     def function_kind(self) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
@@ -84,10 +85,11 @@ class ConsumerSettings:
     parallelization_factor: int = 1
     # FilterCriteria: records matching no filter are consumed without an invocation.
     record_filter: RecordFilter | None = None
-    # Lambda polls each shard about 4 times per second; so does shardwise while a shard has
-    # data. An idle shard is polled less and less often, down to one call per
+    # While a shard has data it is polled as Lambda polls it (the source's read limits: 4
+    # times a second for DynamoDB Streams, once a second for Kinesis; None: the source's).
+    # An idle shard is polled less and less often, down to one call per
     # max_poll_interval_s (GetRecords outside Lambda is billed per request).
-    poll_interval_s: float = 0.25
+    poll_interval_s: float | None = None
     max_poll_interval_s: float = 3.0
 
 
@@ -132,9 +134,13 @@ class ShardConsumer:
         self._checkpoints = ShardCheckpoints(
             checkpointer, shard_id, checkpointed=start.after, stop=stop, progress=progress
         )
+        self._limits = source.read_limits
         self._cadence = PollCadence(
-            settings.poll_interval_s, settings.max_poll_interval_s, source.records_per_call
+            settings.poll_interval_s or self._limits.poll_interval_s,
+            settings.max_poll_interval_s,
+            self._limits.records_per_call,
         )
+        self._last_call_at = -math.inf
         self._delivery = Delivery(
             processor=processor,
             policy=settings.policy,
@@ -224,7 +230,7 @@ class ShardConsumer:
                 self._api_failures = 0
                 closed = page.next_iterator is None
                 self._iterator = page.next_iterator
-                if not closed and len(page.records) >= self._source.records_per_call:
+                if not closed and len(page.records) >= self._limits.records_per_call:
                     # A backlog: fetch the next page while this one is being delivered.
                     prefetch = tasks.create_task(self._read_ahead())
                 if not await self._accept(page) or not await self._deliver_ready(flush=closed):
@@ -256,8 +262,13 @@ class ShardConsumer:
             self._iterator = await self._source.get_iterator(self._shard_id, position)
             if self._resume_at_trim_horizon:
                 self._resume_at_trim_horizon = False
-        source = self._source
-        return await source.get_records(self._shard_id, self._iterator, source.records_per_call)
+        # At most one call per min_call_interval_s on this shard, read-aheads included.
+        wait = self._limits.min_call_interval_s - (time.monotonic() - self._last_call_at)
+        if wait > 0:
+            await asyncio.sleep(wait)
+        self._last_call_at = time.monotonic()
+        limit = self._limits.records_per_call
+        return await self._source.get_records(self._shard_id, self._iterator, limit)
 
     async def _read_ahead(self) -> RecordPage | Exception:
         """``_read()`` as a task of the loop's TaskGroup: an error is returned, to be raised

@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from shardwise.records import Position, RecordPage, SequenceNumber, ShardId, ShardListing
+from shardwise.records import (
+    Position,
+    ReadLimits,
+    RecordPage,
+    SequenceNumber,
+    ShardId,
+    ShardListing,
+)
 
 __all__ = ["MAX_RECORDS_PER_CALL", "Checkpointer", "ShardSource"]
 
@@ -27,8 +34,8 @@ class ShardSource(Protocol):
     def stream_arn(self) -> str: ...
 
     @property
-    def records_per_call(self) -> int:
-        """The most records one GetRecords call returns (a full page means a backlog)."""
+    def read_limits(self) -> ReadLimits:
+        """Its API's page size and polling budget per shard."""
         ...
 
     async def describe(self) -> ShardListing:

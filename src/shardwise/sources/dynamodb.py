@@ -25,6 +25,7 @@ from shardwise.errors import (
 )
 from shardwise.records import (
     Position,
+    ReadLimits,
     RecordPage,
     SequenceNumber,
     Shard,
@@ -36,7 +37,7 @@ from shardwise.sources.http_connection import TransportError
 
 __all__ = [
     "MALFORMED",
-    "RECORDS_PER_CALL",
+    "READ_LIMITS",
     "DynamoDBStreamsSource",
     "lambda_record",
     "listed_shard",
@@ -48,8 +49,9 @@ __all__ = [
 MALFORMED = "MalformedResponse"
 # DescribeStream returns at most 100 shards per call.
 DESCRIBE_STREAM_PAGE = 100
-# GetRecords returns at most 1000 records (and 1 MB) per call.
-RECORDS_PER_CALL: Final = 1000
+# GetRecords returns at most 1000 records (and 1 MB) per call; Lambda polls a DynamoDB
+# stream's shard 4 times a second.
+READ_LIMITS: Final = ReadLimits(records_per_call=1000, poll_interval_s=0.25)
 
 _THROTTLE_CODES = frozenset(
     {
@@ -168,7 +170,7 @@ async def resolve_stream_arn(dynamodb: Any, table: str) -> str:
 class DynamoDBStreamsSource:
     """Reads one DynamoDB stream with an aiobotocore ``dynamodbstreams`` client."""
 
-    records_per_call: Final = RECORDS_PER_CALL
+    read_limits: Final = READ_LIMITS
 
     def __init__(self, client: Any, stream_arn: str) -> None:
         self._client = client

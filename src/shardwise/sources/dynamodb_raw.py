@@ -52,7 +52,7 @@ from shardwise.sources.credentials import (
 )
 from shardwise.sources.dynamodb import (
     MALFORMED,
-    RECORDS_PER_CALL,
+    READ_LIMITS,
     DynamoDBStreamsSource,
     mapped_errors,
 )
@@ -205,7 +205,7 @@ class RawStreamsClient:
 class RawDynamoDBStreamsSource:
     """Reads one DynamoDB stream through a ``RawStreamsClient`` (a ``ShardSource``)."""
 
-    records_per_call: Final = RECORDS_PER_CALL
+    read_limits: Final = READ_LIMITS
 
     def __init__(
         self, client: RawStreamsClient, stream_arn: str, *, owns_client: bool = False

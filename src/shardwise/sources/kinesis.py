@@ -37,6 +37,7 @@ import structlog
 from shardwise.errors import ShardNotFoundError, SourceError
 from shardwise.records import (
     Position,
+    ReadLimits,
     RecordPage,
     Shard,
     ShardId,
@@ -50,6 +51,7 @@ from shardwise.sources.kpl import deaggregate
 
 __all__ = [
     "LIST_SHARDS_PAGE",
+    "READ_LIMITS",
     "RECORDS_PER_CALL",
     "KinesisSource",
     "lambda_records",
@@ -57,8 +59,13 @@ __all__ = [
     "split_position",
 ]
 
-# GetRecords returns at most 10,000 records (and 10 MB) per call.
+# GetRecords returns at most 10,000 records (and 10 MB) per call. Lambda polls a Kinesis
+# shard once a second; a shard allows 5 GetRecords calls a second, shared by every consumer
+# of the stream, so even a backlog is read at most that fast.
 RECORDS_PER_CALL: Final = 10_000
+READ_LIMITS: Final = ReadLimits(
+    records_per_call=RECORDS_PER_CALL, poll_interval_s=1.0, min_call_interval_s=0.2
+)
 # ListShards returns at most this many shards per call (its maximum).
 LIST_SHARDS_PAGE: Final = 10_000
 _LISTING_RESTARTS: Final = 3
@@ -82,32 +89,34 @@ def _region_of(stream_arn: str) -> str:
 def lambda_records(
     records: list[dict[str, Any]], shard_id: str, stream_arn: str, identity_arn: str
 ) -> list[StreamRecord]:
-    """Decoded wire records as the records Lambda delivers (``data`` stays base64)."""
-    region = _region_of(stream_arn)
+    """Decoded wire records as the records Lambda delivers (``data`` stays base64).
+
+    The keys every record of the page shares are copied from one template (a dict copy is
+    cheaper than building them one by one: the per-record cost here is comparable to
+    decoding the page)."""
+    template: StreamRecord = {
+        "eventSource": "aws:kinesis",
+        "eventVersion": "1.0",
+        "eventName": "aws:kinesis:record",
+        "invokeIdentityArn": identity_arn,
+        "awsRegion": _region_of(stream_arn),
+        "eventSourceARN": stream_arn,
+    }
+    prefix = shard_id + ":"
     out: list[StreamRecord] = []
+    append = out.append
     for raw in records:
         sequence = raw["SequenceNumber"]
-        arrival = raw.get("ApproximateArrivalTimestamp")
-        if isinstance(arrival, datetime):  # a botocore-parsed reply
-            arrival = arrival.timestamp()
-        out.append(
-            {
-                "kinesis": {
-                    "kinesisSchemaVersion": "1.0",
-                    "partitionKey": raw["PartitionKey"],
-                    "sequenceNumber": sequence,
-                    "data": raw["Data"],
-                    "approximateArrivalTimestamp": arrival,
-                },
-                "eventSource": "aws:kinesis",
-                "eventVersion": "1.0",
-                "eventID": f"{shard_id}:{sequence}",
-                "eventName": "aws:kinesis:record",
-                "invokeIdentityArn": identity_arn,
-                "awsRegion": region,
-                "eventSourceARN": stream_arn,
-            }
-        )
+        record = template.copy()
+        record["kinesis"] = {
+            "kinesisSchemaVersion": "1.0",
+            "partitionKey": raw["PartitionKey"],
+            "sequenceNumber": sequence,
+            "data": raw["Data"],
+            "approximateArrivalTimestamp": raw["ApproximateArrivalTimestamp"],
+        }
+        record["eventID"] = prefix + sequence
+        append(record)
     return out
 
 
@@ -149,7 +158,7 @@ class KinesisSource:
     ``on_corrupt`` hears of every aggregate passed on whole because it could not be split.
     """
 
-    records_per_call: Final = RECORDS_PER_CALL
+    read_limits: Final = READ_LIMITS
 
     def __init__(
         self,
@@ -314,6 +323,8 @@ class KinesisSource:
         )
 
     async def _relist(self, shard_id: ShardId) -> None:
+        # Counted from the start: the empty pages of other shards meanwhile do not list too.
+        self._listed_at = time.monotonic()
         try:
             await self.describe()
         except SourceError as exc:

@@ -2,8 +2,9 @@
 
 ``CallGate`` is the part of a ``ScriptedKinesisStream`` the protocol passes each request
 through (``admit_call``) once it knows which stream, and which shard, the request
-addresses. Faults come first, the way an outage hits a call whatever it asks; then the
-service's rate limits, each a sliding one-second window of the calls admitted (a
+addresses. Faults come first, the way an outage hits a call whatever it asks: the
+stream's own ``FaultQueue`` (``_faults``, the kind the DynamoDB side scripts too). Then
+the service's rate limits, each a sliding one-second window of the calls admitted (a
 throttled call is not admitted, so it does not count against the next second): GetRecords
 5 per second per shard, ListShards 1000 per second per stream (the service's limits). A
 test can change or lift each limit at any time.
@@ -14,9 +15,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass
 from typing import Final
 
+from shardwise.testing._faults import FaultQueue
 from shardwise.testing._shard_log import StreamsApiError
 from shardwise.testing._streams_state import ACCOUNT_ID
 
@@ -68,15 +69,6 @@ _STREAM_OPERATIONS: Final = tuple(op for op in OPERATIONS if op != "ListStreams"
 _SHARD_OPERATIONS: Final = frozenset({"GetRecords", "GetShardIterator"})
 
 
-@dataclass(slots=True)
-class _Fault:
-    operation: str
-    code: str
-    shard_id: str | None
-    remaining: int | None  # None: until cleared
-    message: str
-
-
 class CallGate:
     """Call counts, injected faults and rate limits of one stream (see the module doc)."""
 
@@ -87,7 +79,9 @@ class CallGate:
         self.list_shards_per_second: int | None = LIST_SHARDS_PER_SECOND if limits else None
         self.calls: Counter[str] = Counter()
         self.get_records_calls: Counter[str] = Counter()
-        self._faults: list[_Fault] = []
+        self._faults = FaultQueue(
+            _STREAM_OPERATIONS, _SHARD_OPERATIONS, FAULT_CODES, "ScriptedKinesisStream"
+        )
         self._admitted: dict[str, deque[float]] = {}  # rate-limited calls of the last second
 
     def fail(
@@ -106,21 +100,10 @@ class CallGate:
         the order given and hit before the request is validated or rate-limited.
         InternalFailure answers HTTP 500, every other code 400.
         """
-        if operation not in _STREAM_OPERATIONS:
-            raise ValueError(f"operation must be one of {_STREAM_OPERATIONS}, not {operation!r}")
-        if code not in FAULT_CODES:
-            raise ValueError(f"code must be one of {sorted(FAULT_CODES)}, not {code!r}")
-        if shard_id is not None and operation not in _SHARD_OPERATIONS:
-            raise ValueError(f"{operation} addresses no shard; shard_id must be None")
-        if times is not None and times < 1:
-            raise ValueError("times must be at least 1 (or None for until cleared)")
-        text = message or f"{code} injected by ScriptedKinesisStream.fail()"
-        with self._lock:
-            self._faults.append(_Fault(operation, code, shard_id, times, text))
+        self._faults.add(operation, code, shard_id, times, message)
 
     def clear_faults(self) -> None:
-        with self._lock:
-            self._faults.clear()
+        self._faults.clear()
 
     def _admit(self, key: str, per_second: int | None, now: float) -> bool:
         """Whether a rate-limited call may go ahead: fewer than ``per_second`` admitted
@@ -143,13 +126,8 @@ def admit_call(gate: CallGate, operation: str, shard_id: str | None) -> None:
         gate.calls[operation] += 1
         if operation == "GetRecords" and shard_id is not None:
             gate.get_records_calls[shard_id] += 1
-        for fault in gate._faults:
-            if fault.operation != operation or fault.shard_id not in {None, shard_id}:
-                continue
-            if fault.remaining is not None:
-                fault.remaining -= 1
-                if fault.remaining == 0:
-                    gate._faults.remove(fault)
+        fault = gate._faults.take(operation, shard_id)
+        if fault is not None:
             raise StreamsApiError(fault.code, fault.message)
         now = time.monotonic()
         if operation == "GetRecords" and shard_id is not None:

@@ -1,11 +1,12 @@
 """Scripted Kinesis data streams: the handle tests hold, and the reads the API makes.
 
 A ``ScriptedKinesisStream`` is the handle a test holds to write records and reshard (each
-shard a ``KinesisShard``); as a ``CallGate`` it also counts, faults and throttles the calls
-addressed to it. Sequence numbers are 56-digit decimals from one counter per stream, so
-they are unique across the stream, increase within a shard, and a child's are all greater
-than its parents': children open after their parents close. Resharding moves no record:
-parents keep theirs, readable to their end (moto copies them into the children instead).
+shard a ``KinesisShard``, looked up as a ``ShardOwner``, like ``ScriptedStream``'s); as a
+``CallGate`` it also counts, faults and throttles the calls addressed to it. Sequence
+numbers are 56-digit decimals from one counter per stream, so they are unique across the
+stream, increase within a shard, and a child's are all greater than its parents':
+children open after their parents close. Resharding moves no record: parents keep
+theirs, readable to their end (moto copies them into the children instead).
 
 The functions at the bottom (``list_shards``, ``shard_position``, ``read_page``) are the
 reads behind ListShards, GetShardIterator and GetRecords. One re-entrant lock, owned by
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import json
 import re
 import threading
 import time
@@ -33,7 +33,7 @@ from shardwise.testing._kinesis_shard import (
     hash_key,
     uniform_bounds,
 )
-from shardwise.testing._shard_log import StreamsApiError
+from shardwise.testing._shard_log import ShardOwner, StreamsApiError
 from shardwise.testing._streams_state import ACCOUNT_ID
 
 __all__ = [
@@ -57,7 +57,7 @@ def _epoch(moment: datetime | float | None) -> float:
     return moment.timestamp() if isinstance(moment, datetime) else float(moment)
 
 
-class ScriptedKinesisStream(CallGate):
+class ScriptedKinesisStream(CallGate, ShardOwner[KinesisShard]):
     """A test's handle on one Kinesis data stream: write records, reshard, script faults.
 
     Every method is thread-safe and returns at once, so it can be called while consumers
@@ -83,6 +83,7 @@ class ScriptedKinesisStream(CallGate):
         iterator_ttl_seconds: float,
     ) -> None:
         super().__init__(lock, name=name, limits=limits)
+        self._named = name
         self.region = region
         self.arn = f"arn:aws:kinesis:{region}:{ACCOUNT_ID}:stream/{name}"
         self.created_at = time.time()
@@ -242,24 +243,6 @@ class ScriptedKinesisStream(CallGate):
                 result.append(merged)
             self._index_open()
             return [shard.shard_id for shard in result]
-
-    def records(self, shard_id: str) -> list[dict[str, Any]]:
-        """The shard's records, decoded, exactly as GetRecords returns them."""
-        with self._lock:
-            encoded = list(self._shard(shard_id).records)
-        return [json.loads(record) for record in encoded]
-
-    def _shard(self, shard_id: str) -> KinesisShard:
-        try:
-            return self._shards[shard_id]
-        except KeyError:
-            raise ValueError(f"stream {self.name} has no shard {shard_id!r}") from None
-
-    def _open_shard(self, shard_id: str) -> KinesisShard:
-        shard = self._shard(shard_id)
-        if shard.closed:
-            raise ValueError(f"shard {shard_id} is closed")
-        return shard
 
     def _generated_key(self) -> str:
         self._generated += 1

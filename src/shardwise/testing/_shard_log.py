@@ -5,7 +5,8 @@ A ``ShardLog`` holds each record as the JSON bytes GetRecords returns, encoded o
 A position is an absolute index: the first record ever appended is 0, and trimming moves
 ``base`` (the index of the oldest record still held) forward, so an iterator issued
 before a trim can tell that its records are gone. ``ShardLog`` does no locking; the
-stream that owns it does.
+stream that owns it does, and ``ShardOwner`` is what the two streams' scripting handles
+(``ScriptedStream``, ``ScriptedKinesisStream``) share in looking their shards up.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ from __future__ import annotations
 import bisect
 import json
 import os
+import threading
 from collections.abc import Mapping
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, Generic, TypeAlias, TypeVar
 
 __all__ = [
     "MAX_PAGE_BYTES",
     "AttributeMap",
     "ShardLog",
+    "ShardOwner",
     "StreamsApiError",
     "encode_record",
     "not_found",
@@ -207,3 +210,33 @@ class ShardLog:
         if self.closed and cut >= len(self.records):
             return self.records[start:cut], None
         return self.records[start:cut], self.base + cut
+
+
+ShardT = TypeVar("ShardT", bound=ShardLog)
+
+
+class ShardOwner(Generic[ShardT]):
+    """A stream's scripting handle, as far as it holds shards: ``_shards`` by id, guarded
+    by ``_lock``. ``_named`` is the stream as a ``ValueError`` names it."""
+
+    _lock: threading.RLock
+    _shards: dict[str, ShardT]
+    _named: str
+
+    def records(self, shard_id: str) -> list[dict[str, Any]]:
+        """The shard's records still held, decoded, exactly as GetRecords returns them."""
+        with self._lock:
+            encoded = list(self._shard(shard_id).records)
+        return [json.loads(record) for record in encoded]
+
+    def _shard(self, shard_id: str) -> ShardT:
+        try:
+            return self._shards[shard_id]
+        except KeyError:
+            raise ValueError(f"stream {self._named} has no shard {shard_id!r}") from None
+
+    def _open_shard(self, shard_id: str) -> ShardT:
+        shard = self._shard(shard_id)
+        if shard.closed:
+            raise ValueError(f"shard {shard_id} is closed")
+        return shard

@@ -297,7 +297,7 @@ class StreamsServer:
         ``times=None`` fails every matching call until ``clear_faults()``. Faults queue in
         the order given. InternalServerError answers HTTP 500, every other code 400.
         """
-        self._protocol.fail(operation, code, shard_id=shard_id, times=times, message=message)
+        self._protocol.faults.add(operation, code, shard_id, times, message)
 
     def clear_faults(self) -> None:
-        self._protocol.clear_faults()
+        self._protocol.faults.clear()

@@ -3,8 +3,9 @@
 ``StreamsProtocol.handle`` knows nothing of sockets. Shard iterators are opaque tokens,
 URL-safe base64 of ``[stream ARN, shard id, index, issued-at]`` with issued-at read from
 ``time.monotonic()``: the server keeps no per-iterator state, so a token can be used any
-number of times until it is ``iterator_ttl_seconds`` old. Injected faults are matched
-before the request is validated, the way a throttle or an outage hits a real call.
+number of times until it is ``iterator_ttl_seconds`` old. Injected faults (``faults``, a
+``FaultQueue`` of ``_faults``) are matched before the request is validated, the way a
+throttle or an outage hits a real call.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
+from shardwise.testing._faults import FaultQueue
 from shardwise.testing._shard_log import StreamsApiError
 from shardwise.testing._streams_state import (
     ACCOUNT_ID,
@@ -65,15 +67,6 @@ def error_response(code: str, message: str) -> tuple[int, bytes]:
     error = StreamsApiError(code, message)
     body = _to_json({"__type": _ERROR_TYPE + code, "message": message}).encode()
     return error.http_status, body
-
-
-@dataclass(slots=True)
-class _Fault:
-    operation: str
-    code: str
-    shard_id: str | None
-    remaining: int | None  # None: until cleared
-    message: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +141,7 @@ class StreamsProtocol:
         self.iterator_ttl_seconds = iterator_ttl_seconds
         self.calls: Counter[str] = Counter()
         self._lock = registry.lock
-        self._faults: list[_Fault] = []
+        self.faults = FaultQueue(OPERATIONS, _SHARD_OPERATIONS, FAULT_CODES, "StreamsServer")
         self._operations: dict[str, _Operation] = {
             "DescribeStream": self._describe_stream,
             "DescribeTable": self._describe_table,
@@ -156,31 +149,6 @@ class StreamsProtocol:
             "GetShardIterator": self._get_shard_iterator,
             "ListStreams": self._list_streams,
         }
-
-    def fail(
-        self,
-        operation: str,
-        code: str,
-        *,
-        shard_id: str | None = None,
-        times: int | None = 1,
-        message: str | None = None,
-    ) -> None:
-        if operation not in OPERATIONS:
-            raise ValueError(f"operation must be one of {OPERATIONS}, not {operation!r}")
-        if code not in FAULT_CODES:
-            raise ValueError(f"code must be one of {sorted(FAULT_CODES)}, not {code!r}")
-        if shard_id is not None and operation not in _SHARD_OPERATIONS:
-            raise ValueError(f"{operation} addresses no shard; shard_id must be None")
-        if times is not None and times < 1:
-            raise ValueError("times must be at least 1 (or None for until cleared)")
-        text = message or f"{code} injected by StreamsServer.fail()"
-        with self._lock:
-            self._faults.append(_Fault(operation, code, shard_id, times, text))
-
-    def clear_faults(self) -> None:
-        with self._lock:
-            self._faults.clear()
 
     def handle(self, target: str, body: bytes, region: str | None = None) -> tuple[int, bytes]:
         """Answer one request; ``region`` (from the signature) scopes table look-ups."""
@@ -201,18 +169,11 @@ class StreamsProtocol:
             return error_response("InternalServerError", f"{operation} failed in the server")
 
     def _raise_injected_fault(self, operation: str, request: _Request) -> None:
-        with self._lock:
-            if not self._faults:
-                return
-            shard_id = self._addressed_shard(operation, request)
-            for fault in self._faults:
-                if fault.operation != operation or fault.shard_id not in {None, shard_id}:
-                    continue
-                if fault.remaining is not None:
-                    fault.remaining -= 1
-                    if fault.remaining == 0:
-                        self._faults.remove(fault)
-                raise StreamsApiError(fault.code, fault.message)
+        if not self.faults:
+            return  # nothing to match: no iterator to decode
+        fault = self.faults.take(operation, self._addressed_shard(operation, request))
+        if fault is not None:
+            raise StreamsApiError(fault.code, fault.message)
 
     @staticmethod
     def _addressed_shard(operation: str, request: _Request) -> str | None:

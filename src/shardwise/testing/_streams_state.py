@@ -1,9 +1,9 @@
 """The scripted streams: the handle tests write through, and the reads the API makes.
 
 A ``ScriptedStream`` is the handle a test holds to write records and reshape the shard
-tree (each shard a ``ShardLog``). The functions at the bottom (``describe_stream``,
-``shard_position``, ``read_page``) are the reads the protocol layer makes for
-DescribeStream, GetShardIterator and GetRecords.
+tree (each shard a ``ShardLog``, looked up as a ``ShardOwner``, like a Kinesis stream's).
+The functions at the bottom (``describe_stream``, ``shard_position``, ``read_page``) are
+the reads the protocol layer makes for DescribeStream, GetShardIterator and GetRecords.
 
 One re-entrant lock, owned by the ``StreamRegistry``, guards every stream: scripting calls
 come from test threads or an event loop, reads from the server's request threads.
@@ -11,7 +11,6 @@ come from test threads or an event loop, reads from the server's request threads
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import zlib
@@ -21,6 +20,7 @@ from typing import Any, Final
 from shardwise.testing._shard_log import (
     AttributeMap,
     ShardLog,
+    ShardOwner,
     StreamsApiError,
     encode_record,
     not_found,
@@ -47,7 +47,7 @@ _SEQUENCE_STRIDE: Final = 10
 _PUT_MANY_BATCH: Final = 1000  # records written per hold of the lock
 
 
-class ScriptedStream:
+class ScriptedStream(ShardOwner[ShardLog]):
     """A test's handle on one stream: write records, split, close, trim and remove shards.
 
     Every method is thread-safe and returns at once, so it can be called from plain tests,
@@ -72,6 +72,7 @@ class ScriptedStream:
         self.view_type = view_type
         self.label = label.strftime("%Y-%m-%dT%H:%M:%S.") + f"{label.microsecond // 1000:03d}"
         self.arn = f"arn:aws:dynamodb:{region}:{ACCOUNT_ID}:table/{table}/stream/{self.label}"
+        self._named = self.arn
         self.created_at = label.timestamp()
         self.key_schema = key_schema
         self._enabled = True
@@ -199,24 +200,6 @@ class ScriptedStream:
             self._enabled = False
             for shard_id in self._shards:
                 self.close_shard(shard_id)
-
-    def records(self, shard_id: str) -> list[dict[str, Any]]:
-        """The shard's records still held, decoded, exactly as GetRecords returns them."""
-        with self._lock:
-            encoded = list(self._shard(shard_id).records)
-        return [json.loads(record) for record in encoded]
-
-    def _shard(self, shard_id: str) -> ShardLog:
-        try:
-            return self._shards[shard_id]
-        except KeyError:
-            raise ValueError(f"stream {self.arn} has no shard {shard_id!r}") from None
-
-    def _open_shard(self, shard_id: str) -> ShardLog:
-        shard = self._shard(shard_id)
-        if shard.closed:
-            raise ValueError(f"shard {shard_id} is closed")
-        return shard
 
     def _next_sequence(self) -> int:
         self._last_sequence += _SEQUENCE_STRIDE

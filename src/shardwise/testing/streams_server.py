@@ -9,11 +9,12 @@ as a separate process::
 which print ``endpoint_url=...`` and ``stream_arn=...`` lines (with ``--kinesis`` also
 ``stream_name=...``), then serve until Ctrl-C or SIGTERM. The implementation lives in
 private modules so that running this one with ``-m`` does not import it twice:
-``_shard_log`` (one shard's records and positions), ``_streams_state`` (streams and the
-scripting handle), ``_streams_protocol`` (the JSON protocol), their Kinesis counterparts
-``_kinesis_shard``, ``_kinesis_gate`` (counts, faults, rate limits), ``_kinesis_state``,
-``_kinesis_requests`` and ``_kinesis_protocol``, and ``_streams_http`` (HTTP and
-``StreamsServer``, which routes between the two protocols).
+``_shard_log`` (one shard's records and positions, and the shard look-ups of both kinds
+of stream), ``_faults`` (the injected faults both protocols queue), ``_streams_state``
+(streams and the scripting handle), ``_streams_protocol`` (the JSON protocol), their
+Kinesis counterparts ``_kinesis_shard``, ``_kinesis_gate`` (counts, faults, rate limits),
+``_kinesis_state``, ``_kinesis_requests`` and ``_kinesis_protocol``, and ``_streams_http``
+(HTTP and ``StreamsServer``, which routes between the two protocols).
 """
 
 from __future__ import annotations
