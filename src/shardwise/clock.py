@@ -52,7 +52,8 @@ class Backoff:
     cap_s: float
 
     def delay(self, attempt: int) -> float:
-        step = min(self.cap_s, self.base_s * 2.0 ** max(0, attempt - 1))
+        # The exponent is capped too: 2.0 ** 1024 overflows (a record retried for ever).
+        step = min(self.cap_s, self.base_s * 2.0 ** min(max(0, attempt - 1), 64))
         return step / 2 + random.uniform(0, step / 2)
 
 

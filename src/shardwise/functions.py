@@ -9,6 +9,7 @@ replay`` fail the same way.
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 from dataclasses import dataclass, replace
@@ -42,7 +43,10 @@ class Function:
 def prepare(config: ProcessorConfig, config_dir: Path) -> Function:
     """Check ``config``'s function and get it ready; ``HandlerImportError`` says what is wrong."""
     if config.handler is not None:
-        return Function(handler=import_handler(config.handler, search_paths(config_dir)))
+        handler = import_handler(config.handler, search_paths(config_dir))
+        if config.transactional:
+            _require_async(config, handler)
+        return Function(handler=handler)
     if config.invoke is not None:
         return Function(url=config.invoke.url)
     runtime = config.runtime
@@ -71,6 +75,17 @@ def prepare(config: ProcessorConfig, config_dir: Path) -> Function:
         shutdown_grace_s=runtime.shutdown_grace_seconds,
     )
     return Function(runtime=spec)
+
+
+def _require_async(config: ProcessorConfig, handler: Any) -> None:
+    """A transactional handler writes through an ``AsyncConnection``: it must be async."""
+    function = getattr(handler, "process", None) if inspect.isclass(handler) else handler
+    if not inspect.iscoroutinefunction(function):
+        raise HandlerImportError(
+            f"processor {config.name}: transactional: true needs an async handler "
+            f"({config.handler} must be 'async def'): it writes through context.transaction, "
+            "an SQLAlchemy AsyncConnection"
+        )
 
 
 def open_processor(

@@ -34,6 +34,7 @@ from shardwise.errors import HandlerImportError, HandlerTimeoutError
 from shardwise.records import Batch
 
 __all__ = [
+    "CURRENT_TRANSACTION",
     "ClassProcessor",
     "FunctionProcessor",
     "LambdaContext",
@@ -43,6 +44,12 @@ __all__ = [
     "search_paths",
     "split_handler",
 ]
+
+# The open transaction (an SQLAlchemy AsyncConnection) of a transactional processor's
+# invocation, set by dispatch around the call (see dispatch/delivery.py).
+CURRENT_TRANSACTION: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "shardwise_transaction", default=None
+)
 
 # Threads shared by every sync handler of one processor; a handler abandoned after its
 # timeout keeps its thread until it returns, so leave headroom.
@@ -68,6 +75,19 @@ class LambdaContext:
 
     def get_remaining_time_in_millis(self) -> int:
         return max(0, int((self.deadline_monotonic - time.monotonic()) * 1000))
+
+    @property
+    def transaction(self) -> Any:
+        """A transactional processor's open ``sqlalchemy.ext.asyncio.AsyncConnection`` on the
+        store's database: what the handler writes through it commits together with the
+        checkpoint of the records this invocation resolves, or not at all."""
+        connection = CURRENT_TRANSACTION.get()
+        if connection is None:
+            raise RuntimeError(
+                "context.transaction: this processor is not transactional "
+                "(set transactional: true in its configuration)"
+            )
+        return connection
 
 
 @runtime_checkable

@@ -302,6 +302,10 @@ class ProcessorConfig(ConfigModel):
     """Largest event JSON per invocation (Lambda: 6 MB); a bigger record goes to the destination."""
     filter_criteria: FilterCriteriaConfig | None = None
     """FilterCriteria: records matching no filter are consumed without invoking the handler."""
+    transactional: bool = False
+    """The handler (``async def``) writes through ``context.transaction``, an open
+    connection to the store's database; its writes commit together with the checkpoint of
+    the records the invocation resolved, or not at all (effectively once)."""
     max_poll_interval_seconds: Seconds = Field(default=3.0, ge=0.25, le=300)
     """Longest pause between GetRecords calls on an idle shard (while busy, as Lambda: 4
     polls/s for DynamoDB Streams, 1 for Kinesis)."""
@@ -318,6 +322,22 @@ class ProcessorConfig(ConfigModel):
             state = "none is set" if not given else f"{' and '.join(given)} are set"
             raise ValueError(
                 f"set exactly one of handler, runtime or invoke ({state}) - " + _WHICH_FUNCTION
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _transactional_in_process(self) -> ProcessorConfig:
+        if not self.transactional:
+            return self
+        if self.handler is None:
+            raise ValueError(
+                "transactional: true needs a Python handler run in process (handler:): a "
+                "runtime or invoke URL cannot write through the store's connection"
+            )
+        if self.parallelization_factor > 1 or self.tumbling_window_in_seconds:
+            raise ValueError(
+                "transactional: true does not work with parallelization_factor > 1 or "
+                "tumbling_window_in_seconds yet (one lane, no windows)"
             )
         return self
 

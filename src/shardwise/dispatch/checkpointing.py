@@ -99,6 +99,18 @@ class ShardCheckpoints:
             )
         return True
 
+    def transacted(self, part: Batch, started: float) -> None:
+        """``part`` was checkpointed by the transaction of the invocation that resolved it
+        (a transactional processor): count it as ``batch`` would."""
+        self.checkpointed = part.last_sequence_number
+        self._progress.checkpointed(
+            self._shard_id,
+            part.last_sequence_number,
+            len(part),
+            _created(part),
+            time.monotonic() - started,
+        )
+
     async def filtered_tail(self, last_read: SequenceNumber | None) -> bool:
         """Records were read past the checkpoint and none waits to be delivered: they were
         all filtered out. Move the checkpoint over them (they are consumed)."""

@@ -33,10 +33,10 @@ from shardwise.destinations.base import Destination
 from shardwise.dispatch.batcher import Batcher
 from shardwise.dispatch.cadence import PollCadence
 from shardwise.dispatch.checkpointing import ShardCheckpoints
-from shardwise.dispatch.delivery import Delivery, FailurePolicy
+from shardwise.dispatch.delivery import Delivery, FailurePolicy, Transactional
 from shardwise.dispatch.filters import RecordFilter
 from shardwise.dispatch.lanes import Lanes
-from shardwise.dispatch.protocols import Checkpointer, ShardSource
+from shardwise.dispatch.protocols import Checkpointer, ShardSource, Transactions
 from shardwise.dispatch.windows import OpenWindow, WindowedDelivery
 from shardwise.errors import (
     ExpiredIteratorError,
@@ -122,6 +122,7 @@ class ShardConsumer:
         stop: asyncio.Event,
         progress: ProcessorProgress,
         destination: Destination | None = None,
+        transactions: Transactions | None = None,
     ) -> None:
         self._source = source
         self._shard_id = shard_id
@@ -130,7 +131,13 @@ class ShardConsumer:
         self._settings = settings
         self._stop = stop
         self._progress = progress
-        self._batcher = Batcher(source.stream_arn, shard_id, settings.batch_size, settings.window_s)
+        self._batcher = Batcher(
+            source.stream_arn,
+            shard_id,
+            settings.batch_size,
+            settings.window_s,
+            settings.policy.payload_limit_bytes,
+        )
         self._checkpoints = ShardCheckpoints(
             checkpointer, shard_id, checkpointed=start.after, stop=stop, progress=progress
         )
@@ -149,6 +156,11 @@ class ShardConsumer:
             commit=self._checkpoints.batch,
             stop=stop,
             progress=progress,
+            transactional=(
+                None
+                if transactions is None
+                else Transactional(transactions, self._checkpoints.transacted)
+            ),
         )
         self._lanes: Lanes | None = None
         self._windows: WindowedDelivery | None = None

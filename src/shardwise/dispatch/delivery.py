@@ -24,17 +24,32 @@ from shardwise.destinations.base import (
     FailureCondition,
 )
 from shardwise.dispatch.planner import Next, RetryPlanner, Segment
+from shardwise.dispatch.protocols import Transactions
 from shardwise.dispatch.response import Response, interpret_response, looks_like_failure_report
+from shardwise.errors import StoreError
 from shardwise.observe.progress import ProcessorProgress
-from shardwise.processors import Processor
+from shardwise.processors import CURRENT_TRANSACTION, Processor
 from shardwise.records import Batch, StreamRecord, shape_of
 from shardwise.tasks import to_completion
 
-__all__ = ["Delivery", "FailurePolicy"]
+__all__ = ["Delivery", "FailurePolicy", "Transactional"]
 
 log = structlog.get_logger("shardwise.dispatch")
 
 Commit = Callable[[Batch], Awaitable[bool]]
+
+
+@dataclass(frozen=True, slots=True)
+class Transactional:
+    """A transactional processor's side of delivery: ``open`` a transaction on the shard,
+    and ``transacted`` to count a part its transaction checkpointed."""
+
+    open: Transactions
+    transacted: Callable[[Batch, float], None]
+
+
+class _NothingResolved(Exception):
+    """The invocation resolved no record: its transaction rolls back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +87,11 @@ class Delivery:
         progress: ProcessorProgress,
         clock: Callable[[], float] = time.time,
         backoff: Backoff = HANDLER_BACKOFF,
+        transactional: Transactional | None = None,
     ) -> None:
         self._processor = processor
+        self._transactional = transactional
+        self._transacted_to = 0  # the batch's records its invocations' transactions committed
         self._policy = policy
         self._destination = destination
         self._function_arn = function_arn
@@ -96,6 +114,7 @@ class Delivery:
             progress=self._progress,
             clock=self._clock,
             backoff=self._backoff,
+            transactional=self._transactional,
         )
 
     async def deliver(self, batch: Batch) -> bool:
@@ -106,9 +125,12 @@ class Delivery:
             bisect=self._policy.bisect_batch_on_function_error,
         )
         committed = 0
+        self._transacted_to = 0
         going_on = await self._refuse_oversized(batch, planner)
         while True:
             if planner.resolved > committed:
+                # What an invocation's own transaction committed is not written again.
+                committed = max(committed, min(self._transacted_to, planner.resolved))
                 if not await self._commit_prefix(batch, committed, planner.resolved):
                     return False
                 committed = planner.resolved
@@ -128,7 +150,12 @@ class Delivery:
             planner.discard_prefix(expired)
             return True
         planner.invoked()
-        response, error = await self._invoke(batch, segment.start, segment.end)
+        if self._transactional is None:
+            response, error = await self._invoke(batch, segment.start, segment.end)
+        else:
+            response, error = await self._invoke_in_transaction(
+                self._transactional, batch, segment.start, segment.end
+            )
         if response.ok:
             planner.succeeded()
             return True
@@ -184,6 +211,45 @@ class Delivery:
                 break
             count += 1
         return count
+
+    async def _invoke_in_transaction(
+        self, transactional: Transactional, batch: Batch, start: int, end: int
+    ) -> tuple[Response, str | None]:
+        """Invoke inside a store transaction that commits the handler's writes together
+        with the checkpoint of the records this invocation resolved (all of them, or the
+        prefix before the first reported failure), and rolls everything back when it
+        resolved none. A lost lease (``LeaseLostError``) leaves as it is: nothing commits."""
+        started = time.monotonic()
+        resolved = 0
+        outcome: tuple[Response, str | None] = (Response(failed_from=0), None)
+        try:
+            async with transactional.open(batch.shard_id) as transaction:
+                token = CURRENT_TRANSACTION.set(transaction.connection)
+                try:
+                    outcome = await self._invoke(batch, start, end)
+                finally:
+                    CURRENT_TRANSACTION.reset(token)
+                response = outcome[0]
+                resolved = end - start if response.ok else response.failed_from or 0
+                if not resolved:
+                    raise _NothingResolved  # noqa: TRY301 - leaving the block rolls it back
+                last = batch.shape.sequence_number(batch.records[start + resolved - 1])
+                await transaction.checkpoint(last)
+        except _NothingResolved:
+            return outcome
+        except StoreError as exc:
+            if not exc.retriable:
+                raise
+            # Rolled back: the records are not resolved, the invocation counts as failed.
+            error = f"the processor's transaction failed: {exc}"
+            log.warning("transaction failed; the batch is retried", error=str(exc))
+            return Response(failed_from=0, problem=error), error
+        self._transacted_to = start + resolved
+        transactional.transacted(
+            Batch(batch.stream_arn, batch.shard_id, batch.records[start : start + resolved]),
+            started,
+        )
+        return outcome
 
     async def _invoke(self, batch: Batch, start: int, end: int) -> tuple[Response, str | None]:
         part = (

@@ -10,7 +10,9 @@ wires the two to a ``ShardConsumer``.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol, TypeAlias
 
 from shardwise.records import (
     Position,
@@ -21,7 +23,13 @@ from shardwise.records import (
     ShardListing,
 )
 
-__all__ = ["MAX_RECORDS_PER_CALL", "Checkpointer", "ShardSource"]
+__all__ = [
+    "MAX_RECORDS_PER_CALL",
+    "Checkpointer",
+    "ShardSource",
+    "Transaction",
+    "Transactions",
+]
 
 # DynamoDB Streams' GetRecords returns at most this many records per call (and at most 1 MB).
 MAX_RECORDS_PER_CALL = 1000
@@ -49,6 +57,22 @@ class ShardSource(Protocol):
     async def get_records(self, shard_id: ShardId, iterator: str, limit: int) -> RecordPage:
         """The next page of records, in the handler's record shape."""
         ...
+
+
+class Transaction(Protocol):
+    """An open store transaction of a transactional processor's invocation."""
+
+    @property
+    def connection(self) -> Any:
+        """The ``AsyncConnection`` the handler writes through."""
+
+    async def checkpoint(self, sequence_number: SequenceNumber | None) -> None:
+        """Move the shard's checkpoint inside the transaction (fenced: ``LeaseLostError``
+        when the lease is gone, and the transaction then rolls back)."""
+
+
+# Opens a transaction on a shard: committed when the block ends, rolled back if it raises.
+Transactions: TypeAlias = Callable[[ShardId], AbstractAsyncContextManager[Transaction]]
 
 
 class Checkpointer(Protocol):

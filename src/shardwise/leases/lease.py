@@ -10,16 +10,19 @@ counter), and raises ``LeaseLostError`` otherwise.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shardwise.errors import LeaseLostError
 from shardwise.leases.table import LeaseTable
 from shardwise.records import Position, SequenceNumber, ShardId
-from shardwise.store.fenced_writes import KEEP, Keep
+from shardwise.store.fenced_writes import KEEP, Keep, ShardTransaction
 
-__all__ = ["FencedCheckpointer", "LeaderLease", "Lease", "LossReason"]
+__all__ = ["FencedCheckpointer", "LeaderLease", "Lease", "LeaseTransaction", "LossReason"]
 
 
 class LossReason(enum.Enum):
@@ -60,6 +63,31 @@ class Lease:
     def __repr__(self) -> str:
         state = "finished" if self.finished else self.reason.value if self.reason else "held"
         return f"<Lease {self.shard_id} counter={self.counter} {state}>"
+
+
+class LeaseTransaction:
+    """An open ``FencedCheckpointer.transaction``: ``connection`` for the processor's own
+    statements, ``checkpoint`` to move the shard's checkpoint with them."""
+
+    def __init__(
+        self, checkpointer: FencedCheckpointer, lease: Lease, transaction: ShardTransaction
+    ) -> None:
+        self._checkpointer = checkpointer
+        self._lease = lease
+        self._transaction = transaction
+
+    @property
+    def connection(self) -> AsyncConnection:
+        return self._transaction.connection
+
+    async def checkpoint(
+        self, sequence_number: SequenceNumber | None, window_state: str | Keep | None = KEEP
+    ) -> None:
+        """Move the checkpoint in the transaction; ``LeaseLostError`` if the lease is gone
+        (the transaction is then rolled back as the error leaves the block)."""
+        await self._checkpointer._save_in(
+            self._lease, self._transaction, sequence_number, window_state
+        )
 
 
 @dataclass(slots=True)
@@ -112,6 +140,16 @@ class FencedCheckpointer:
         """The open tumbling window stored with this lease's checkpoint."""
         return await self._table.window_state(self._lease.shard_id)
 
+    @contextlib.asynccontextmanager
+    async def transaction(self, shard_id: ShardId) -> AsyncIterator[LeaseTransaction]:
+        """A store transaction for a processor's own writes that commits with the shard's
+        checkpoint (``LeaseTransaction.checkpoint``), fenced: a worker that lost the lease
+        meanwhile commits nothing. Raising inside the block rolls it all back."""
+        lease = self._require(shard_id, "transaction")
+        self._check(lease, "transaction")
+        async with self._table.transaction(shard_id) as transaction:
+            yield LeaseTransaction(self, lease, transaction)
+
     async def finish(self, shard_id: ShardId, sequence_number: SequenceNumber | None) -> None:
         lease = self._require(shard_id, "finish")
         async with lease.lock:
@@ -123,6 +161,23 @@ class FencedCheckpointer:
                 raise
             lease.finished = True
             self._gone(lease)
+
+    async def _save_in(
+        self,
+        lease: Lease,
+        transaction: ShardTransaction,
+        sequence_number: SequenceNumber | None,
+        window_state: str | Keep | None,
+    ) -> None:
+        async with lease.lock:  # the counter as of now: renewals move it
+            self._check(lease, "checkpoint")
+            try:
+                await self._table.save_in(
+                    transaction, lease.counter, sequence_number, window_state=window_state
+                )
+            except LeaseLostError:
+                self._lose(lease, LossReason.TAKEN)
+                raise
 
     def _require(self, shard_id: ShardId, operation: str) -> Lease:
         if shard_id != self._lease.shard_id:

@@ -12,13 +12,14 @@ finish is a lost lease (``LeaseLostError``).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 from shardwise.errors import LeaseLostError
 from shardwise.leases.balance import LeaseRow
 from shardwise.records import SequenceNumber, ShardId
 from shardwise.store import CheckpointStore
-from shardwise.store.fenced_writes import KEEP, Keep
+from shardwise.store.fenced_writes import KEEP, Keep, ShardTransaction
 from shardwise.store.leases import Renewal, StoredLease, Taken
 
 __all__ = ["KEEP", "LeaseTable", "Renewal", "Snapshot", "Taken"]
@@ -117,6 +118,23 @@ class LeaseTable:
     async def window_state(self, shard_id: ShardId) -> str | None:
         """The open tumbling window stored with the shard's checkpoint, if any."""
         return await self._checkpoints.window_state(shard_id)
+
+    def transaction(self, shard_id: ShardId) -> AbstractAsyncContextManager[ShardTransaction]:
+        """A store transaction whose commit carries the shard's checkpoint (fenced)."""
+        return self._checkpoints.transaction(shard_id)
+
+    async def save_in(
+        self,
+        transaction: ShardTransaction,
+        counter: int,
+        sequence_number: SequenceNumber | None,
+        *,
+        window_state: str | Keep | None = KEEP,
+    ) -> None:
+        """``save`` inside ``transaction``: raise ``LeaseLostError`` (the caller then rolls
+        the transaction back) unless the lease is still ours at ``counter``."""
+        if not await transaction.checkpoint(counter, sequence_number, window_state):
+            raise self._refused("checkpoint", transaction.shard_id, counter)
 
     async def finish(
         self, shard_id: ShardId, counter: int, sequence_number: SequenceNumber | None

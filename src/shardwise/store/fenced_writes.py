@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -51,7 +51,7 @@ from shardwise.records import SequenceNumber, ShardId
 from shardwise.store.engine import Execute, map_store_errors, redact_url, writer
 from shardwise.store.models import checkpoints
 
-__all__ = ["KEEP", "CheckpointWriter", "FencedCheckpoints", "Keep"]
+__all__ = ["KEEP", "CheckpointWriter", "FencedCheckpoints", "Keep", "ShardTransaction"]
 
 log = structlog.get_logger("shardwise.store")
 
@@ -136,21 +136,86 @@ class FencedCheckpoints:
                 value = (await self._execute(connection, query)).scalar()
         return None if value is None else str(value)
 
-    async def _update(
-        self, operation: str, shard_id: ShardId, counter: int, values: Mapping[str, object]
-    ) -> bool:
+    @contextlib.asynccontextmanager
+    async def transaction(self, shard_id: ShardId) -> AsyncIterator[ShardTransaction]:
+        """A transaction on the store's database in which a processor's own writes and the
+        shard's checkpoint commit together, or not at all: the checkpoint is fenced like
+        ``save``, so a worker that lost the lease commits nothing. Committed when the block
+        ends, rolled back when it raises (``ShardTransaction.checkpoint`` says whether the
+        lease was still ours; the caller raises if not). On SQLite the write lock is taken
+        at the start and held to the end: one transaction at a time on the file, and other
+        writers (lease renewals included) wait for it."""
+        where = {"processor": self.processor, "shard_id": shard_id}
+        with map_store_errors("begin transaction", self._engine.url, **where):
+            connection = await self._writer.connect()
+        try:
+            with map_store_errors("begin transaction", self._engine.url, **where):
+                transaction = await connection.begin()
+            try:
+                # The block's own errors (the processor's statements included) leave as
+                # they are: what failed there is the processor's, not the store's.
+                yield ShardTransaction(self, connection, shard_id)
+            except BaseException:
+                with contextlib.suppress(Exception):  # the block's error is what counts
+                    await transaction.rollback()
+                raise
+            with map_store_errors("commit transaction", self._engine.url, **where):
+                await transaction.commit()
+        finally:
+            with contextlib.suppress(Exception):
+                await connection.close()
+
+    def _fenced_update(self, shard_id: ShardId, counter: int, values: Mapping[str, object]) -> Any:
         fence = (_C.shard_id == shard_id, _C.owner == self.owner, _C.lease_counter == counter)
-        statement = (
+        return (
             update(checkpoints)
             .where(self._rows, *fence)
             .values(**values, updated_at=datetime.now(UTC))
             .returning(_C.shard_id)
         )
+
+    async def _update(
+        self, operation: str, shard_id: ShardId, counter: int, values: Mapping[str, object]
+    ) -> bool:
+        statement = self._fenced_update(shard_id, counter, values)
         with map_store_errors(
             operation, self._engine.url, processor=self.processor, shard_id=shard_id
         ):
             async with self._writer.begin() as connection:
                 return (await self._execute(connection, statement)).first() is not None
+
+
+class ShardTransaction:
+    """An open transaction of ``FencedCheckpoints.transaction``: ``connection`` for the
+    processor's own statements, ``checkpoint`` to move the shard's checkpoint in it."""
+
+    def __init__(
+        self, fenced: FencedCheckpoints, connection: AsyncConnection, shard_id: ShardId
+    ) -> None:
+        self._fenced = fenced
+        self.connection = connection
+        self.shard_id = shard_id
+
+    async def checkpoint(
+        self,
+        counter: int,
+        sequence_number: SequenceNumber | None,
+        window_state: str | Keep | None = KEEP,
+    ) -> bool:
+        """Move the checkpoint (and the tumbling window) inside the transaction; False when
+        the lease is not ours at ``counter`` (then the transaction must not commit). The
+        counter is the lease's as of now (renewals move it), not as of the transaction's
+        start; the row stays locked to the commit, so no renewal or steal comes between."""
+        values: dict[str, object] = {}
+        if sequence_number is not None:
+            values["sequence_number"] = sequence_number
+        if not isinstance(window_state, Keep):
+            values["window_state"] = window_state
+        if not values:
+            return True
+        statement = self._fenced._fenced_update(self.shard_id, counter, values)
+        result = await self._fenced._execute(self.connection, statement)
+        return result.first() is not None
 
 
 @dataclass(slots=True)

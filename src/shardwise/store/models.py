@@ -28,7 +28,15 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["UTCDateTime", "checkpoints", "failures", "leaders", "metadata", "workers"]
+__all__ = [
+    "UTCDateTime",
+    "checkpoints",
+    "failures",
+    "idempotency",
+    "leaders",
+    "metadata",
+    "workers",
+]
 
 # Constraint names are part of the schema: later migrations refer to them by name.
 NAMING_CONVENTION: Final = {
@@ -147,4 +155,29 @@ leaders = Table(
     Column("lease_counter", BigInteger(), nullable=False, server_default=text("0")),
     Column("updated_at", UTCDateTime(), nullable=False),
     PrimaryKeyConstraint("processor", "stream_arn"),
+)
+
+# One row per (namespace, key): a side effect outside SQL that ran, or is running, for one
+# record (migration 0007; store/idempotency.py). namespace is the function (or Powertools
+# layer) the key belongs to; status is "in_progress" while a call holds the key, then
+# "completed" with its JSON result. token names the call holding the key, so a call whose
+# marker was taken over can neither complete nor release the new holder's. Past expires_at
+# the row counts as absent; an in_progress row also past in_progress_expires_at (NULL: it
+# never lapses early) belongs to a call that crashed, and the next call takes it over.
+# payload_hash is Powertools' hash of the validated part of the payload.
+idempotency = Table(
+    "shardwise_idempotency",
+    metadata,
+    Column("namespace", String(200), nullable=False),
+    Column("key", String(1024), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("token", String(64), nullable=False),
+    Column("result", Text(), nullable=True),
+    Column("payload_hash", String(256), nullable=True),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("in_progress_expires_at", UTCDateTime(), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    PrimaryKeyConstraint("namespace", "key"),
+    Index("ix_shardwise_idempotency_expires_at", "expires_at"),
 )

@@ -1,0 +1,133 @@
+"""A processor's writes and the shard's checkpoint in one fenced transaction (SQLite and
+PostgreSQL): both commit, or neither - and a worker that lost the lease commits nothing."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, select
+
+from shardwise.errors import LeaseLostError
+from shardwise.records import SequenceNumber, ShardId
+from shardwise.store import CheckpointStore
+from tests.leases.conftest import ARN, DURATION, PROCESSOR, Workers
+from tests.leases.test_coordinator import FakeClock, register, sid
+
+SINK = MetaData()
+totals = Table(
+    "tx_test_totals",
+    SINK,
+    Column("customer", String(50), primary_key=True),
+    Column("total", Integer, nullable=False),
+)
+
+
+@pytest.fixture
+async def sink(store: CheckpointStore) -> CheckpointStore:
+    async with store.engine.begin() as connection:
+        await connection.run_sync(SINK.drop_all)
+        await connection.run_sync(SINK.create_all)
+    return store
+
+
+async def total_rows(store: CheckpointStore) -> list[tuple[str, int]]:
+    async with store.engine.connect() as connection:
+        rows = (await connection.execute(select(totals).order_by(totals.c.customer))).all()
+    return [(row.customer, row.total) for row in rows]
+
+
+async def checkpoint_of(store: CheckpointStore, shard: ShardId) -> str | None:
+    stored = await store.load(PROCESSOR, ARN)
+    return stored[shard].sequence_number if shard in stored else None
+
+
+def only_with_concurrent_writers(store_url: str) -> None:
+    """On SQLite the transaction holds the file's write lock from its start, so no other
+    writer (a renewal, another worker's take) runs until it ends: these interleavings
+    exist on PostgreSQL only."""
+    if store_url.startswith("sqlite"):
+        pytest.skip("SQLite runs one writer at a time: no renewal or take inside a transaction")
+
+
+class TestTransactions:
+    async def test_writes_and_checkpoint_commit_together(
+        self, workers: Workers, sink: CheckpointStore
+    ) -> None:
+        await register(sink, 1)
+        a = await workers("a")
+        [lease] = await a.take_once()
+        checkpointer = a.checkpointer(lease)
+        async with checkpointer.transaction(lease.shard_id) as tx:
+            await tx.connection.execute(totals.insert().values(customer="c1", total=5))
+            await tx.checkpoint(SequenceNumber("100"))
+        assert await total_rows(sink) == [("c1", 5)]
+        assert await checkpoint_of(sink, sid(0)) == "100"
+
+    async def test_an_error_in_the_block_rolls_both_back(
+        self, workers: Workers, sink: CheckpointStore
+    ) -> None:
+        await register(sink, 1)
+        a = await workers("a")
+        [lease] = await a.take_once()
+        with pytest.raises(RuntimeError, match="handler failed"):
+            async with a.checkpointer(lease).transaction(lease.shard_id) as tx:
+                await tx.connection.execute(totals.insert().values(customer="c1", total=5))
+                await tx.checkpoint(SequenceNumber("100"))
+                raise RuntimeError("handler failed")
+        assert await total_rows(sink) == []
+        assert await checkpoint_of(sink, sid(0)) is None
+
+    async def test_a_zombie_commits_nothing(
+        self, workers: Workers, sink: CheckpointStore, store_url: str
+    ) -> None:
+        """The lease was taken over while the handler ran: its writes are rolled back."""
+        only_with_concurrent_writers(store_url)
+        await register(sink, 1)
+        clock_a, clock_b = FakeClock(0.0), FakeClock(0.0)
+        a = await workers("a", clock=clock_a)
+        b = await workers("b", clock=clock_b)
+        await a.renew_once()
+        [lease] = await a.take_once()
+        with pytest.raises(LeaseLostError):
+            async with a.checkpointer(lease).transaction(lease.shard_id) as tx:
+                await tx.connection.execute(totals.insert().values(customer="c1", total=5))
+                # Meanwhile b sees a stand still for a full lease and takes the shard over;
+                # a's clock has not caught up, so only the store can refuse a's commit.
+                await b.renew_once()
+                await b.take_once()
+                clock_b.advance(DURATION + 1)
+                assert len(await b.take_once()) == 1
+                await tx.checkpoint(SequenceNumber("100"))
+        assert await total_rows(sink) == []
+        assert await checkpoint_of(sink, sid(0)) is None
+        [taken] = b.held().values()
+        async with b.checkpointer(taken).transaction(taken.shard_id) as tx:
+            await tx.connection.execute(totals.insert().values(customer="c1", total=5))
+            await tx.checkpoint(SequenceNumber("100"))
+        assert await total_rows(sink) == [("c1", 5)]
+
+    async def test_a_renewal_between_start_and_checkpoint_is_no_loss(
+        self, workers: Workers, sink: CheckpointStore, store_url: str
+    ) -> None:
+        """Renewals move the counter; the checkpoint uses the counter as of its write."""
+        only_with_concurrent_writers(store_url)
+        await register(sink, 1)
+        a = await workers("a")
+        [lease] = await a.take_once()
+        async with a.checkpointer(lease).transaction(lease.shard_id) as tx:
+            await tx.connection.execute(totals.insert().values(customer="c1", total=1))
+            await a.renew_once()
+            await tx.checkpoint(SequenceNumber("7"))
+        assert await checkpoint_of(sink, sid(0)) == "7"
+        assert await total_rows(sink) == [("c1", 1)]
+
+    async def test_a_lost_lease_refuses_to_begin(
+        self, workers: Workers, sink: CheckpointStore
+    ) -> None:
+        await register(sink, 1)
+        clock = FakeClock(0.0)
+        a = await workers("a", clock=clock)
+        [lease] = await a.take_once()
+        clock.advance(DURATION + 1)
+        with pytest.raises(LeaseLostError, match="transaction refused"):
+            async with a.checkpointer(lease).transaction(lease.shard_id):
+                pass

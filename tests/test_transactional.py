@@ -1,0 +1,196 @@
+"""Effectively once into SQL: a transactional handler's writes commit with the checkpoint.
+
+End to end on moto's DynamoDB stream, on SQLite and PostgreSQL: increments (which an upsert
+alone cannot make idempotent) are applied exactly once per record through handler errors,
+retries, a partial failure and a restart.
+"""
+
+from __future__ import annotations
+
+import decimal
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from shardwise.errors import ConfigError, HandlerImportError
+from shardwise.functions import prepare
+from tests.e2e import create_table, read_jsonl, running, settings_for, wait_until, write_module
+
+HANDLER = """
+import os
+from sqlalchemy import text
+
+HERE = os.path.dirname(__file__)
+UPSERT = text(
+    "INSERT INTO tx_totals (customer, total) VALUES (:customer, :amount) "
+    "ON CONFLICT (customer) DO UPDATE SET total = tx_totals.total + excluded.total"
+)
+
+async def handler(event, context):
+    connection = context.transaction
+    for record in event["Records"]:
+        image = record["dynamodb"].get("NewImage")
+        if image is None:
+            continue
+        if "poison" in image:
+            return {"batchItemFailures": [{"itemIdentifier": record["dynamodb"]["SequenceNumber"]}]}
+        await connection.execute(
+            UPSERT, {"customer": image["customer"]["S"], "amount": int(image["amount"]["N"])}
+        )
+        # Fail once after writing, as a crash or a timeout would: nothing may be kept.
+        flag = os.path.join(HERE, "fail-once")
+        if os.path.exists(flag) and image["id"]["S"] == "o7":
+            os.remove(flag)
+            raise RuntimeError("failed after writing")
+    return {"batchItemFailures": []}
+"""
+
+
+async def totals(store_url: str) -> dict[str, int]:
+    engine = create_async_engine(store_url)
+    try:
+        async with engine.connect() as connection:
+            rows = (await connection.execute(text("SELECT customer, total FROM tx_totals"))).all()
+    finally:
+        await engine.dispose()
+    return {row.customer: row.total for row in rows}
+
+
+async def create_sink(store_url: str) -> None:
+    engine = create_async_engine(store_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text("DROP TABLE IF EXISTS tx_totals"))
+            await connection.execute(
+                text("CREATE TABLE tx_totals (customer VARCHAR(50) PRIMARY KEY, total INTEGER)")
+            )
+    finally:
+        await engine.dispose()
+
+
+def _settings(tmp_path: Path, moto: str, store_url: str, table: str, extra: str = "") -> object:
+    write_module(tmp_path, "tx_handler", HANDLER)
+    return settings_for(
+        tmp_path,
+        endpoint_url=moto,
+        store_url=store_url,
+        processors=f"""
+        - name: totals
+          source: {{dynamodb: {{table: {table}}}}}
+          handler: tx_handler.handler
+          starting_position: TRIM_HORIZON
+          transactional: true
+          batch_size: 4
+          function_response_types: [ReportBatchItemFailures]
+          {extra}
+        """,
+    )
+
+
+class TestEffectivelyOnce:
+    async def test_increments_survive_a_failure_after_writing(
+        self, tmp_path: Path, moto_endpoint: str, store_url: str
+    ) -> None:
+        await create_sink(store_url)
+        table, name = create_table(moto_endpoint)
+        (tmp_path / "fail-once").touch()
+        amounts = {f"o{n}": (f"c{n % 3}", n + 1) for n in range(12)}
+        for order, (customer, amount) in amounts.items():
+            table.put_item(
+                Item={"id": order, "customer": customer, "amount": decimal.Decimal(amount)}
+            )
+        expected: dict[str, int] = {}
+        for customer, amount in amounts.values():
+            expected[customer] = expected.get(customer, 0) + amount
+        settings = _settings(tmp_path, moto_endpoint, store_url, name)
+        async with running(settings) as supervisor:  # type: ignore[arg-type]
+            await wait_until(
+                lambda: supervisor.progress["totals"].records_processed >= 12, what="12 records"
+            )
+        assert not (tmp_path / "fail-once").exists()  # the failure happened
+        assert await totals(store_url) == expected
+        # Restarted from its checkpoint: nothing applied twice.
+        table.put_item(Item={"id": "o99", "customer": "c0", "amount": decimal.Decimal(100)})
+        expected["c0"] += 100
+        async with running(settings) as supervisor:  # type: ignore[arg-type]
+            await wait_until(
+                lambda: supervisor.progress["totals"].records_processed >= 1, what="1 record"
+            )
+        assert await totals(store_url) == expected
+
+    async def test_a_reported_failure_commits_the_prefix_only(
+        self, tmp_path: Path, moto_endpoint: str, store_url: str
+    ) -> None:
+        await create_sink(store_url)
+        table, name = create_table(moto_endpoint)
+        items = [("o1", 1), ("o2", 2), ("o3", 0), ("o4", 4)]
+        for order, amount in items:
+            item: dict[str, object] = {
+                "id": order,
+                "customer": "c",
+                "amount": decimal.Decimal(amount),
+            }
+            if order == "o3":
+                item["poison"] = True
+            table.put_item(Item=item)
+        failures = tmp_path / "failures.jsonl"
+        extra = (
+            "maximum_retry_attempts: 1\n"
+            f'          destination_config: {{on_failure: {{destination: "file://{failures}"}}}}'
+        )
+        settings = _settings(tmp_path, moto_endpoint, store_url, name, extra)
+        async with running(settings):  # type: ignore[arg-type]
+            await wait_until(lambda: len(read_jsonl(failures)) >= 1, what="the failure record")
+        # o1 and o2 resolved by the first invocation; o3 and o4 (the batch retried from o3)
+        # were given up: their writes were rolled back with each failed invocation.
+        assert await totals(store_url) == {"c": 3}
+        [failure] = read_jsonl(failures)
+        assert failure["DDBStreamBatchInfo"]["batchSize"] == 2
+
+
+class TestConfiguration:
+    def test_a_sync_handler_is_refused(self, tmp_path: Path) -> None:
+        write_module(tmp_path, "sync_tx", "def handler(event, context):\n    return None\n")
+        settings = settings_for(
+            tmp_path,
+            endpoint_url="http://127.0.0.1:1",
+            store_url="sqlite+aiosqlite:///x.db",
+            processors="""
+            - name: p
+              source: {dynamodb: {table: Orders}}
+              handler: sync_tx.handler
+              starting_position: TRIM_HORIZON
+              transactional: true
+            """,
+        )
+        with pytest.raises(HandlerImportError, match="needs an async handler"):
+            prepare(settings.processors[0], tmp_path)
+
+    @pytest.mark.parametrize(
+        ("keys", "message"),
+        [
+            ("runtime: {command: [node, index.mjs]}", "needs a Python handler run in process"),
+            (
+                "handler: a.b\n                  parallelization_factor: 2",
+                "parallelization_factor > 1",
+            ),
+        ],
+    )
+    def test_what_cannot_share_a_transaction_is_refused(
+        self, tmp_path: Path, keys: str, message: str
+    ) -> None:
+        with pytest.raises(ConfigError, match=message):
+            settings_for(
+                tmp_path,
+                endpoint_url="http://127.0.0.1:1",
+                store_url="sqlite+aiosqlite:///x.db",
+                processors=f"""
+                - name: p
+                  source: {{dynamodb: {{table: Orders}}}}
+                  starting_position: TRIM_HORIZON
+                  transactional: true
+                  {keys}
+                """,
+            )
