@@ -30,13 +30,25 @@ retried forever. The run stops after ``max_invocations`` handler calls, and then
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import functools
+import inspect
 import json
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, ParamSpec, TypeAlias
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from shardwise.config import ProcessorConfig
 from shardwise.destinations import FailedBatch
@@ -199,6 +211,7 @@ async def run_handler(
     page_size: int | None = None,
     max_invocations: int = DEFAULT_MAX_INVOCATIONS,
     shard_id: str | None = None,
+    database_url: str | None = None,
 ) -> RunResult:
     """Run ``handler`` on ``records`` (a list of records, or an event ``{"Records": [...]}``)
     through the real dispatch path, with the event source mapping settings given (their
@@ -210,7 +223,11 @@ async def run_handler(
     directory) on ``sys.path``, as the runtime does. ``filter_criteria``: patterns, each a
     JSON string or a dict. ``page_size``: records per GetRecords page (default: every
     record in one page). ``shard_id``: the shard the records are served on (default: a
-    Kinesis record's own, else ``DEFAULT_SHARD_ID``).
+    Kinesis record's own, else ``DEFAULT_SHARD_ID``). ``database_url``: run it as a
+    transactional processor (``transactional: true``, an ``async def`` handler) whose
+    ``context.transaction`` is a connection to this database (e.g. a SQLite file holding
+    the handler's tables); each invocation's writes commit with its checkpoint, as in
+    shardwise, and the test reads the outcome from the database.
     """
     served = _records_of(records)
     shape = shape_of(served[0]) if served else DYNAMODB_SHAPE
@@ -229,6 +246,7 @@ async def run_handler(
         "parallelization_factor": parallelization_factor,
         "timeout_seconds": timeout_seconds,
         "payload_limit_bytes": payload_limit_bytes,
+        "transactional": database_url is not None,
     }
     if filter_criteria is not None:
         entry["filter_criteria"] = {
@@ -248,6 +266,7 @@ async def run_handler(
         page_size=page_size,
         max_invocations=max_invocations,
         shard_id=shard_id,
+        database_url=database_url,
     )
 
 
@@ -260,12 +279,13 @@ async def run_processor(
     page_size: int | None = None,
     max_invocations: int = DEFAULT_MAX_INVOCATIONS,
     shard_id: str | None = None,
+    database_url: str | None = None,
 ) -> RunResult:
     """Run one ``processors:`` entry (e.g. ``load_config(path).processors[0]``) on
     ``records``, as ``run_handler`` does: its function (handler, runtime or invoke URL, as
     the worker opens it; ``config_dir`` is the config file's directory) or ``handler``
     instead, with every setting of the entry. Its on-failure destination is replaced by
-    the in-memory one."""
+    the in-memory one. A transactional entry needs ``database_url`` (see ``run_handler``)."""
     served = _records_of(records)
     if served and shape_of(served[0]).body != config.source.kind:
         raise ValueError(
@@ -282,6 +302,7 @@ async def run_processor(
         page_size=page_size,
         max_invocations=max_invocations,
         shard_id=shard_id,
+        database_url=database_url,
     )
 
 
@@ -322,7 +343,21 @@ async def _run(
     page_size: int | None,
     max_invocations: int,
     shard_id: str | None,
+    database_url: str | None = None,
 ) -> RunResult:
+    if config.transactional:
+        if database_url is None:
+            raise ValueError(
+                f"processor {config.name} is transactional: pass database_url, the database "
+                "its context.transaction writes to"
+            )
+        target = function.handler
+        method = getattr(target, "process", None) if inspect.isclass(target) else target
+        if not inspect.iscoroutinefunction(method):
+            raise ValueError(
+                "a transactional handler must be 'async def': context.transaction is an "
+                "SQLAlchemy AsyncConnection"
+            )
     if max_invocations < 1:
         raise ValueError("max_invocations must be at least 1")
     if page_size is not None and page_size < 1:
@@ -342,6 +377,7 @@ async def _run(
     )
     checkpointer = _MemoryCheckpointer()
     destination = _MemoryDestination()
+    engine = create_async_engine(database_url) if database_url and config.transactional else None
     consumer = ShardConsumer(
         source=_MemorySource(stream_arn, shard, records, page_size or max(1, len(records))),
         shard_id=shard,
@@ -352,6 +388,7 @@ async def _run(
         stop=stop,
         progress=progress,
         destination=destination,
+        transactions=None if engine is None else _transactions(engine, checkpointer),
     )
     await recorder.start()
     try:
@@ -360,6 +397,8 @@ async def _run(
         await asyncio.create_task(consumer.run())
     finally:
         await recorder.stop()
+        if engine is not None:
+            await engine.dispose()
     record_filter = settings.record_filter
     kept = {id(r) for r in record_filter.keep(records)} if record_filter is not None else None
     return RunResult(
@@ -547,6 +586,33 @@ class _MemoryCheckpointer:
         if sequence_number is not None and str(sequence_number) != self.checkpoint:
             await self.save(shard_id, sequence_number)
         self.finished = True
+
+
+class _Transaction:
+    """An open transaction of the harness: the connection, and where it checkpoints."""
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self.connection = connection
+        self.checkpointed: SequenceNumber | None = None
+
+    async def checkpoint(self, sequence_number: SequenceNumber | None) -> None:
+        self.checkpointed = sequence_number
+
+
+def _transactions(
+    engine: AsyncEngine, checkpointer: _MemoryCheckpointer
+) -> Callable[[ShardId], contextlib.AbstractAsyncContextManager[_Transaction]]:
+    """Transactions on ``engine`` whose checkpoint is kept once they commit."""
+
+    @contextlib.asynccontextmanager
+    async def open_transaction(shard_id: ShardId) -> AsyncIterator[_Transaction]:
+        async with engine.begin() as connection:
+            transaction = _Transaction(connection)
+            yield transaction
+        if transaction.checkpointed is not None:
+            await checkpointer.save(shard_id, transaction.checkpointed)
+
+    return open_transaction
 
 
 class _MemoryDestination:
