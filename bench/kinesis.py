@@ -65,18 +65,13 @@ from bench.harness import (
 )
 from bench.report import Baseline, CaseResult, Figure, Target
 from bench.throughput import (
-    AIOHTTP_CEILING,
-    CEILING,
     KINESIS,
     NAIVE,
     ThroughputPlan,
-    bare_client,
     best_of,
-    collector_off,
-    http_client,
+    ceilings,
     naive_boto3,
     rate_figure,
-    server_ceiling,
     shardwise,
     timer,
 )
@@ -131,35 +126,8 @@ async def _one_layout(
     args = ["--kinesis", "--no-limits", "--shards", str(plan.shards)]
     args += ["--records", str(plan.records_per_shard), "--payload-bytes", str(plan.payload_bytes)]
     with streams_process(*args) as server:
-        server_rate = await server_ceiling(
-            server, readers=32, seconds=plan.ceiling_seconds, api=KINESIS
-        )
-        result.add(Figure(f"server ceiling, 32 readers, {label}", server_rate, "records/s"))
-        with collector_off():
-            blocking = await best_of(
-                plan.best_of,
-                lambda _: http_client(server, plan.total, timeout_s=timeout_s, api=KINESIS),
-            )
-            bare = await best_of(
-                plan.best_of,
-                lambda _: bare_client(server, plan.total, timeout_s=timeout_s, api=KINESIS),
-            )
+        ceiling = await ceilings(result, server, plan, label, KINESIS)
         best = f"; best of {plan.best_of} runs"
-        result.add(
-            rate_figure(
-                f"{CEILING}, {label}", blocking, Baseline("server ceiling", server_rate), note=best
-            )
-        )
-        result.add(
-            rate_figure(
-                f"{AIOHTTP_CEILING}, {label}", bare, Baseline(CEILING, blocking.rate), note=best
-            )
-        )
-        ceiling = max(
-            Baseline(CEILING, blocking.rate),
-            Baseline(AIOHTTP_CEILING, bare.rate),
-            key=lambda b: b.value,
-        )  # the strongest reader of this layout, named in every row compared with it
         naive = await asyncio.to_thread(naive_boto3, server, plan.total, KINESIS)
         result.add(rate_figure(f"{NAIVE}, {label}", naive, ceiling))
         with _no_call_floor():

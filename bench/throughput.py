@@ -74,6 +74,7 @@ __all__ = [
     "ThroughputPlan",
     "bare_client",
     "best_of",
+    "ceilings",
     "collector_off",
     "http_client",
     "naive_boto3",
@@ -475,6 +476,43 @@ async def best_of(runs: int, read: Callable[[int], Awaitable[Timed]]) -> Timed:
     return max([await read(n) for n in range(runs)], key=lambda timed: timed.rate)
 
 
+async def ceilings(
+    result: CaseResult,
+    server: StreamsProcess,
+    plan: ThroughputPlan,
+    label: str,
+    api: StreamsApi = DYNAMODB_STREAMS,
+) -> Baseline:
+    """The server's own ceiling and the two bare readers of one layout, as rows of
+    ``result``; the stronger reader is returned: the ceiling shardwise is compared with."""
+    timeout_s = plan.timeout_s
+    server_rate = await server_ceiling(server, readers=32, seconds=plan.ceiling_seconds, api=api)
+    result.add(Figure(f"server ceiling, 32 readers, {label}", server_rate, "records/s"))
+    with collector_off():
+        blocking = await best_of(
+            plan.best_of, lambda _: http_client(server, plan.total, timeout_s=timeout_s, api=api)
+        )
+        bare = await best_of(
+            plan.best_of, lambda _: bare_client(server, plan.total, timeout_s=timeout_s, api=api)
+        )
+    best = f"; best of {plan.best_of} runs"
+    result.add(
+        rate_figure(
+            f"{CEILING}, {label}", blocking, Baseline("server ceiling", server_rate), note=best
+        )
+    )
+    result.add(
+        rate_figure(
+            f"{AIOHTTP_CEILING}, {label}", bare, Baseline(CEILING, blocking.rate), note=best
+        )
+    )
+    return max(
+        Baseline(CEILING, blocking.rate),
+        Baseline(AIOHTTP_CEILING, bare.rate),
+        key=lambda b: b.value,
+    )  # the strongest reader of this layout, named in every row compared with it
+
+
 async def _one_layout(
     result: CaseResult, plan: ThroughputPlan, sqlite_url: str, pg_url: str | None
 ) -> None:
@@ -489,31 +527,8 @@ async def _one_layout(
         str(plan.payload_bytes),
     ]
     with streams_process(*args) as server:
-        server_rate = await server_ceiling(server, readers=32, seconds=plan.ceiling_seconds)
-        result.add(Figure(f"server ceiling, 32 readers, {label}", server_rate, "records/s"))
-        with collector_off():
-            blocking = await best_of(
-                plan.best_of, lambda _: http_client(server, plan.total, timeout_s=timeout_s)
-            )
-            bare = await best_of(
-                plan.best_of, lambda _: bare_client(server, plan.total, timeout_s=timeout_s)
-            )
+        ceiling = await ceilings(result, server, plan, label)
         best = f"; best of {plan.best_of} runs"
-        result.add(
-            rate_figure(
-                f"{CEILING}, {label}", blocking, Baseline("server ceiling", server_rate), note=best
-            )
-        )
-        result.add(
-            rate_figure(
-                f"{AIOHTTP_CEILING}, {label}", bare, Baseline(CEILING, blocking.rate), note=best
-            )
-        )
-        ceiling = max(
-            Baseline(CEILING, blocking.rate),
-            Baseline(AIOHTTP_CEILING, bare.rate),
-            key=lambda b: b.value,
-        )  # the strongest reader of this layout, named in every row compared with it
 
         def raw_default(url: str, name: str, worker: str = "") -> Callable[[int], Awaitable[Timed]]:
             """The raw default's run ``n`` on ``url``, as processor ``<name><n>``."""
