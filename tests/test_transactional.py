@@ -7,6 +7,7 @@ retries, a partial failure and a restart.
 
 from __future__ import annotations
 
+import asyncio
 import decimal
 from pathlib import Path
 
@@ -148,6 +149,94 @@ class TestEffectivelyOnce:
         assert await totals(store_url) == {"c": 3}
         [failure] = read_jsonl(failures)
         assert failure["DDBStreamBatchInfo"]["batchSize"] == 2
+
+
+WINDOWED_HANDLER = """
+import os
+from sqlalchemy import text
+
+HERE = os.path.dirname(__file__)
+ROW = text("INSERT INTO tx_windows (start, orders, amount) VALUES (:start, :orders, :amount)")
+
+async def handler(event, context):
+    state = dict(event["state"]) or {"orders": 0, "amount": 0}
+    if event["isFinalInvokeForWindow"]:
+        await context.transaction.execute(ROW, {"start": event["window"]["start"], **state})
+        flag = os.path.join(HERE, "fail-final-once")
+        if os.path.exists(flag):  # fails after writing the window's row: rolled back
+            os.remove(flag)
+            raise RuntimeError("final invocation failed after writing")
+        return {}
+    for record in event["Records"]:
+        state["orders"] += 1
+        state["amount"] += int(record["dynamodb"]["NewImage"]["amount"]["N"])
+    return {"state": state}
+"""
+
+
+async def window_rows(store_url: str) -> list[tuple[str, int, int]]:
+    engine = create_async_engine(store_url)
+    try:
+        async with engine.connect() as connection:
+            rows = (await connection.execute(text("SELECT * FROM tx_windows"))).all()
+    finally:
+        await engine.dispose()
+    return [(row.start, row.orders, row.amount) for row in rows]
+
+
+class TestTumblingWindows:
+    async def test_the_final_invocation_commits_with_the_window_closing(
+        self, tmp_path: Path, moto_endpoint: str, store_url: str
+    ) -> None:
+        engine = create_async_engine(store_url)
+        async with engine.begin() as connection:
+            await connection.execute(text("DROP TABLE IF EXISTS tx_windows"))
+            await connection.execute(
+                text(
+                    "CREATE TABLE tx_windows "
+                    "(start VARCHAR(30) PRIMARY KEY, orders INT, amount INT)"
+                )
+            )
+        await engine.dispose()
+        table, name = create_table(moto_endpoint)
+        (tmp_path / "fail-final-once").touch()
+        write_module(tmp_path, "tx_windows", WINDOWED_HANDLER)
+        settings = settings_for(
+            tmp_path,
+            endpoint_url=moto_endpoint,
+            store_url=store_url,
+            processors=f"""
+            - name: windows
+              source: {{dynamodb: {{table: {name}}}}}
+              handler: tx_windows.handler
+              starting_position: TRIM_HORIZON
+              transactional: true
+              tumbling_window_in_seconds: 2
+            """,
+        )
+        for n in range(1, 4):
+            table.put_item(Item={"id": f"o{n}", "amount": decimal.Decimal(n)})
+        async with running(settings) as supervisor:
+            await wait_until(
+                lambda: supervisor.progress["windows"].records_processed >= 3, what="3 records"
+            )
+        # Stopped with the window open (or closed): its state is in the store either way.
+        async with running(settings):
+            await wait_until(
+                lambda: not (tmp_path / "fail-final-once").exists(), what="the final failure"
+            )
+            rows: list[tuple[str, int, int]] = []
+            deadline = asyncio.get_running_loop().time() + 20
+            while sum(orders for _, orders, _ in rows) < 3:
+                assert asyncio.get_running_loop().time() < deadline, rows
+                await asyncio.sleep(0.1)
+                rows = await window_rows(store_url)
+        # The window closed once: its row written once, with every order in it.
+        await asyncio.sleep(0.5)
+        rows = await window_rows(store_url)
+        assert sum(orders for _, orders, _ in rows) == 3
+        assert sum(amount for _, _, amount in rows) == 1 + 2 + 3
+        assert len({start for start, _, _ in rows}) == len(rows)
 
 
 class TestConfiguration:

@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shardwise.destinations.base import FailedBatch
-from shardwise.dispatch.delivery import Delivery, FailurePolicy, Transactional
+from shardwise.dispatch.delivery import Delivery, FailurePolicy
+from shardwise.dispatch.protocols import Transactional
 from shardwise.observe.progress import ProcessorProgress
 from shardwise.processors import CURRENT_TRANSACTION
 from shardwise.records import Batch, SequenceNumber, ShardId
@@ -46,6 +47,11 @@ class MemoryTransaction:
 
     async def checkpoint(self, sequence_number: SequenceNumber | None) -> None:
         self.checkpointed = None if sequence_number is None else int(sequence_number)
+
+    async def checkpoint_window(
+        self, sequence_number: SequenceNumber | None, window_state: str | None
+    ) -> None:
+        raise AssertionError("a delivery without windows never writes one")
 
 
 @dataclass

@@ -73,3 +73,73 @@ async def test_a_sync_handler_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="async def"):
         await run_handler(handler, [insert({"id": "a"})], database_url=await database(tmp_path))
+
+
+WINDOW_ROW = text("INSERT INTO windows (start, orders, amount) VALUES (:start, :orders, :amount)")
+LONG_AGO = 1_700_000_000  # windows that ended long ago close as soon as a later one starts
+
+
+class WindowedTotals:
+    """A tumbling-window handler that writes each order's row as it sees it and the
+    window's totals on its final invocation, failing once after writing in both kinds of
+    invocation (the crash that would, without the transaction, duplicate rows or lose state)."""
+
+    def __init__(self) -> None:
+        self.failed: set[str] = set()
+
+    async def __call__(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
+        state = dict(event["state"]) or {"orders": 0, "amount": 0}
+        if event["isFinalInvokeForWindow"]:
+            await context.transaction.execute(
+                WINDOW_ROW, {"start": event["window"]["start"], **state}
+            )
+            self._fail_once(f"final {event['window']['start']}")
+            return {}
+        for record in event["Records"]:
+            image = record["dynamodb"]["NewImage"]
+            await context.transaction.execute(
+                ADD, {"customer": image["id"]["S"], "amount": int(image["amount"]["N"])}
+            )
+            state["orders"] += 1
+            state["amount"] += int(image["amount"]["N"])
+        self._fail_once(f"run {event['Records'][0]['dynamodb']['NewImage']['id']['S']}")
+        return {"state": state}
+
+    def _fail_once(self, what: str) -> None:
+        if what not in self.failed:
+            self.failed.add(what)
+            raise RuntimeError(f"{what}: failed after writing")
+
+
+async def test_window_state_commits_with_the_rows_written_from_it(tmp_path: Path) -> None:
+    url = await database(tmp_path)
+    engine = create_async_engine(url)
+    async with engine.begin() as connection:
+        await connection.execute(
+            text("CREATE TABLE windows (start TEXT PRIMARY KEY, orders INT, amount INT)")
+        )
+    await engine.dispose()
+    amounts = {f"o{n}": n for n in range(1, 9)}
+    records = [
+        insert({"id": order, "amount": amount}, created=LONG_AGO + (0 if n < 5 else 30))
+        for n, (order, amount) in enumerate(amounts.items(), start=1)
+    ]
+    handler = WindowedTotals()
+    result = await run_handler(
+        handler.__call__, records, batch_size=2, tumbling_window_in_seconds=20, database_url=url
+    )
+    # Every run and both final invocations failed once after writing and were retried.
+    assert len(handler.failed) == 4 + 2
+    # Each order once, each window's totals once and right: what a failed invocation wrote
+    # was rolled back with it, and the state it returned was never stored.
+    assert await totals(url) == amounts
+    engine = create_async_engine(url)
+    async with engine.connect() as connection:
+        windows = (await connection.execute(text("SELECT * FROM windows ORDER BY start"))).all()
+    await engine.dispose()
+    assert [tuple(row) for row in windows] == [
+        ("2023-11-14T22:13:20Z", 4, 1 + 2 + 3 + 4),
+        ("2023-11-14T22:13:40Z", 4, 5 + 6 + 7 + 8),
+    ]
+    assert result.open_window is None
+    assert result.checkpoint == records[-1]["dynamodb"]["SequenceNumber"]

@@ -33,10 +33,15 @@ from shardwise.destinations.base import Destination
 from shardwise.dispatch.batcher import Batcher
 from shardwise.dispatch.cadence import PollCadence
 from shardwise.dispatch.checkpointing import ShardCheckpoints
-from shardwise.dispatch.delivery import Delivery, FailurePolicy, Transactional
+from shardwise.dispatch.delivery import Delivery, FailurePolicy
 from shardwise.dispatch.filters import RecordFilter
 from shardwise.dispatch.lanes import Lanes
-from shardwise.dispatch.protocols import Checkpointer, ShardSource, Transactions
+from shardwise.dispatch.protocols import (
+    Checkpointer,
+    ShardSource,
+    Transactional,
+    Transactions,
+)
 from shardwise.dispatch.windows import OpenWindow, WindowedDelivery
 from shardwise.errors import (
     ExpiredIteratorError,
@@ -148,6 +153,11 @@ class ShardConsumer:
             self._limits.records_per_call,
         )
         self._last_call_at = -math.inf
+        self._transactional = (
+            None
+            if transactions is None
+            else Transactional(transactions, self._checkpoints.transacted)
+        )
         self._delivery = Delivery(
             processor=processor,
             policy=settings.policy,
@@ -156,11 +166,7 @@ class ShardConsumer:
             commit=self._checkpoints.batch,
             stop=stop,
             progress=progress,
-            transactional=(
-                None
-                if transactions is None
-                else Transactional(transactions, self._checkpoints.transacted)
-            ),
+            transactional=self._transactional,
         )
         self._lanes: Lanes | None = None
         self._windows: WindowedDelivery | None = None
@@ -188,6 +194,7 @@ class ShardConsumer:
                 stop=self._stop,
                 progress=self._progress,
                 window=OpenWindow.decode(await self._checkpoints.window_state()),
+                transactional=self._transactional,
             )
         if factor == 1:
             return await self._run_one_lane()

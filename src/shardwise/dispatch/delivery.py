@@ -24,7 +24,7 @@ from shardwise.destinations.base import (
     FailureCondition,
 )
 from shardwise.dispatch.planner import Next, RetryPlanner, Segment
-from shardwise.dispatch.protocols import Transactions
+from shardwise.dispatch.protocols import Transactional
 from shardwise.dispatch.response import Response, interpret_response, looks_like_failure_report
 from shardwise.errors import StoreError
 from shardwise.observe.progress import ProcessorProgress
@@ -32,20 +32,11 @@ from shardwise.processors import CURRENT_TRANSACTION, Processor
 from shardwise.records import Batch, StreamRecord, shape_of
 from shardwise.tasks import to_completion
 
-__all__ = ["Delivery", "FailurePolicy", "Transactional"]
+__all__ = ["Delivery", "FailurePolicy"]
 
 log = structlog.get_logger("shardwise.dispatch")
 
 Commit = Callable[[Batch], Awaitable[bool]]
-
-
-@dataclass(frozen=True, slots=True)
-class Transactional:
-    """A transactional processor's side of delivery: ``open`` a transaction on the shard,
-    and ``transacted`` to count a part its transaction checkpointed."""
-
-    open: Transactions
-    transacted: Callable[[Batch, float], None]
 
 
 class _NothingResolved(Exception):

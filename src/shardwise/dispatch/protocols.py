@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias
 
 from shardwise.records import (
+    Batch,
     Position,
     ReadLimits,
     RecordPage,
@@ -28,6 +30,7 @@ __all__ = [
     "Checkpointer",
     "ShardSource",
     "Transaction",
+    "Transactional",
     "Transactions",
 ]
 
@@ -70,9 +73,25 @@ class Transaction(Protocol):
         """Move the shard's checkpoint inside the transaction (fenced: ``LeaseLostError``
         when the lease is gone, and the transaction then rolls back)."""
 
+    async def checkpoint_window(
+        self, sequence_number: SequenceNumber | None, window_state: str | None
+    ) -> None:
+        """``checkpoint`` (None: unchanged) with the open tumbling window (None: no window
+        open), both inside the transaction."""
+
 
 # Opens a transaction on a shard: committed when the block ends, rolled back if it raises.
 Transactions: TypeAlias = Callable[[ShardId], AbstractAsyncContextManager[Transaction]]
+
+
+@dataclass(frozen=True, slots=True)
+class Transactional:
+    """A transactional processor's side of delivery: ``open`` a transaction on the shard,
+    and ``transacted`` to count a part its transaction checkpointed (with when its
+    invocation started, ``time.monotonic()``)."""
+
+    open: Transactions
+    transacted: Callable[[Batch, float], None]
 
 
 class Checkpointer(Protocol):

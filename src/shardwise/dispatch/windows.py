@@ -15,6 +15,11 @@ invocation is retried until it succeeds. A state larger than 1 MB ends the windo
 (``isWindowTerminatedEarly``): the final invocation gets that state, and the window goes on
 with a fresh one.
 
+A transactional processor (``transactional``) gets each invocation in a store transaction:
+its writes commit together with the checkpoint and the window state it returned (the final
+invocation's, with the window closed), or roll back when the invocation failed - so a
+window's state and the rows written from it never disagree after a crash.
+
 Simplifications (stated in the README): a response's ``batchItemFailures`` fail the whole
 batch, and batches are not bisected.
 """
@@ -33,9 +38,11 @@ import structlog
 
 from shardwise.clock import HANDLER_BACKOFF, Backoff, retries
 from shardwise.destinations.base import FailedBatch, FailureCondition
+from shardwise.dispatch.protocols import Transactional
+from shardwise.errors import StoreError
 from shardwise.observe.progress import ProcessorProgress
-from shardwise.processors import Processor
-from shardwise.records import Batch, SequenceNumber, shape_of
+from shardwise.processors import CURRENT_TRANSACTION, Processor
+from shardwise.records import Batch, SequenceNumber, ShardId, shape_of
 
 __all__ = ["STATE_LIMIT_BYTES", "OpenWindow", "WindowedDelivery", "window_start"]
 
@@ -48,6 +55,8 @@ STATE_LIMIT_BYTES = 1024 * 1024
 # the records of ``run``; False when stopping.
 SaveWindow = Callable[[SequenceNumber | None, str | None, Batch | None], Awaitable[bool]]
 HandOver = Callable[[FailedBatch], Awaitable[bool]]
+# The window to store once an invocation succeeded, from the state it returned.
+After = Callable[[dict[str, Any] | None], "OpenWindow | None"]
 
 
 def window_start(record: dict[str, Any], size_s: int) -> int:
@@ -83,7 +92,7 @@ class WindowedDelivery:
         self,
         *,
         processor: Processor,
-        shard_id: str,
+        shard_id: ShardId,
         stream_arn: str,
         size_s: int,
         maximum_retry_attempts: int,
@@ -93,6 +102,7 @@ class WindowedDelivery:
         progress: ProcessorProgress,
         window: OpenWindow | None = None,
         backoff: Backoff = HANDLER_BACKOFF,
+        transactional: Transactional | None = None,
     ) -> None:
         self._processor = processor
         self._shard_id = shard_id
@@ -104,6 +114,7 @@ class WindowedDelivery:
         self._stop = stop
         self._progress = progress
         self._backoff = backoff
+        self._transactional = transactional
         self.window = window
 
     async def deliver(self, batch: Batch) -> bool:
@@ -130,16 +141,21 @@ class WindowedDelivery:
         window = self.window
         if window is None:
             return True
-        if not await self._final_invocation(window, terminated_early=terminated_early):
+        after = OpenWindow(window.start) if terminated_early else None
+        if not await self._final_invocation(window, after, terminated_early=terminated_early):
             return False
-        self.window = OpenWindow(window.start) if terminated_early else None
-        return await self._save(None, self.window.encode() if self.window else None, None)
+        self.window = after
+        if self._transactional is not None:
+            return True  # stored by the final invocation's transaction
+        return await self._save(None, after.encode() if after else None, None)
 
-    async def _final_invocation(self, window: OpenWindow, *, terminated_early: bool) -> bool:
+    async def _final_invocation(
+        self, window: OpenWindow, after: OpenWindow | None, *, terminated_early: bool
+    ) -> bool:
         """Invoke the handler for the end of ``window`` until it succeeds; False if stopped."""
         async for _ in retries(self._stop, self._backoff):
             event = {"Records": [], **self._fields(window, final=True, early=terminated_early)}
-            ok, _, problem = await self._call(event, 0)
+            ok, _, problem = await self._call(event, None, lambda _: after)
             if ok:
                 return True
             log.error(
@@ -154,19 +170,22 @@ class WindowedDelivery:
         assert window is not None
         async for attempt in retries(self._stop, self._backoff):
             event = {"Records": list(run.records), **self._fields(window, final=False, early=False)}
-            ok, state, problem = await self._call(event, len(run))
+            ok, state, problem = await self._call(
+                event, run, lambda state: OpenWindow(window.start, state or {})
+            )
             if ok and state is not None:
                 window.state = state
-                if len(json.dumps(state)) > STATE_LIMIT_BYTES:
+                saved = self._transactional is not None or await self._save(
+                    run.last_sequence_number, window.encode(), run
+                )
+                if saved and len(json.dumps(state)) > STATE_LIMIT_BYTES:
                     log.error(
                         "window state over 1 MB: window terminated early",
                         window=_iso(window.start),
                         limit_bytes=STATE_LIMIT_BYTES,
                     )
-                    return await self._save(
-                        run.last_sequence_number, window.encode(), run
-                    ) and await self.close(terminated_early=True)
-                return await self._save(run.last_sequence_number, window.encode(), run)
+                    return await self.close(terminated_early=True)
+                return saved
             log.error(
                 "windowed invocation failed",
                 window=_iso(window.start),
@@ -190,8 +209,45 @@ class WindowedDelivery:
         return False
 
     async def _call(
-        self, event: dict[str, Any], size: int
+        self, event: dict[str, Any], run: Batch | None, after: After
     ) -> tuple[bool, dict[str, Any] | None, str | None]:
+        """Invoke once: (ok, the state returned, the problem). A transactional processor's
+        invocation runs in a transaction that, when it succeeded, stores the checkpoint
+        (``run``'s last record) and the window ``after`` its state, and commits."""
+        if self._transactional is None:
+            return await self._invoke(event, run)
+        started = time.monotonic()
+        outcome: tuple[bool, dict[str, Any] | None, str | None] = (False, None, None)
+        try:
+            async with self._transactional.open(self._shard_id) as transaction:
+                token = CURRENT_TRANSACTION.set(transaction.connection)
+                try:
+                    outcome = await self._invoke(event, run)
+                finally:
+                    CURRENT_TRANSACTION.reset(token)
+                ok, state, _ = outcome
+                if not ok:
+                    raise _Failed  # noqa: TRY301 - leaving the block rolls it back
+                stored = after(state)
+                await transaction.checkpoint_window(
+                    run.last_sequence_number if run else None,
+                    stored.encode() if stored else None,
+                )
+        except _Failed:
+            return outcome
+        except StoreError as exc:
+            if not exc.retriable:
+                raise
+            log.warning("transaction failed; the invocation is retried", error=str(exc))
+            return False, None, f"the processor's transaction failed: {exc}"
+        if run is not None:
+            self._transactional.transacted(run, started)
+        return outcome
+
+    async def _invoke(
+        self, event: dict[str, Any], run: Batch | None
+    ) -> tuple[bool, dict[str, Any] | None, str | None]:
+        size = len(run) if run else 0
         started = time.monotonic()
         try:
             value = await self._processor.invoke_event(event, str(event["shardId"]))
@@ -223,6 +279,10 @@ class WindowedDelivery:
                 last = start
             runs[-1].append(record)
         return [Batch(batch.stream_arn, batch.shard_id, run) for run in runs]
+
+
+class _Failed(Exception):
+    """The invocation failed: its transaction rolls back."""
 
 
 def _state_of(value: Any, *, final: bool) -> tuple[bool, dict[str, Any] | None, str | None]:

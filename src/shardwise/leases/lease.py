@@ -89,6 +89,12 @@ class LeaseTransaction:
             self._lease, self._transaction, sequence_number, window_state
         )
 
+    async def checkpoint_window(
+        self, sequence_number: SequenceNumber | None, window_state: str | None
+    ) -> None:
+        """``checkpoint`` with the open tumbling window (None: no window open)."""
+        await self.checkpoint(sequence_number, window_state)
+
 
 @dataclass(slots=True)
 class LeaderLease:

@@ -594,9 +594,16 @@ class _Transaction:
     def __init__(self, connection: AsyncConnection) -> None:
         self.connection = connection
         self.checkpointed: SequenceNumber | None = None
+        self.window: tuple[str | None] | None = None  # (state,) when the window was written
 
     async def checkpoint(self, sequence_number: SequenceNumber | None) -> None:
         self.checkpointed = sequence_number
+
+    async def checkpoint_window(
+        self, sequence_number: SequenceNumber | None, window_state: str | None
+    ) -> None:
+        self.checkpointed = sequence_number
+        self.window = (window_state,)
 
 
 def _transactions(
@@ -609,7 +616,9 @@ def _transactions(
         async with engine.begin() as connection:
             transaction = _Transaction(connection)
             yield transaction
-        if transaction.checkpointed is not None:
+        if transaction.window is not None:
+            await checkpointer.save_window(shard_id, transaction.checkpointed, *transaction.window)
+        elif transaction.checkpointed is not None:
             await checkpointer.save(shard_id, transaction.checkpointed)
 
     return open_transaction
