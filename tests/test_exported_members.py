@@ -70,6 +70,7 @@ PUBLIC = {
         "StartingPosition",
         "StreamRecord",
         "shape_of",
+        "sortable_position",
     ],
     "shardwise.processors": [
         "CURRENT_TRANSACTION",

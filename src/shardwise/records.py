@@ -30,6 +30,7 @@ __all__ = [
     "StartingPosition",
     "StreamRecord",
     "shape_of",
+    "sortable_position",
 ]
 
 ShardId = NewType("ShardId", str)
@@ -38,6 +39,16 @@ SequenceNumber = NewType("SequenceNumber", str)
 # A record in Lambda's event shape: eventID, eventName, eventVersion, eventSource,
 # awsRegion, eventSourceARN, dynamodb{...}, userIdentity (TTL deletes only).
 StreamRecord: TypeAlias = dict[str, Any]
+
+
+def sortable_position(sequence_number: str) -> str:
+    """A position in a shard as text that sorts as the shard does: sequence numbers are
+    decimal strings of varying length (DynamoDB Streams and Kinesis alike), and a KPL user
+    record's position is ``<sequence>:<sub-sequence>``. Both parts are zero-padded."""
+    main, _, sub = sequence_number.partition(":")
+    if not main.isdigit() or (sub and not sub.isdigit()):
+        raise ValueError(f"not a sequence number: {sequence_number!r}")
+    return f"{int(main):064d}.{int(sub or 0):020d}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -286,7 +286,7 @@ class ProcessorRunner:
             stop=stop,
             progress=self._progress,
             destination=self._destination,
-            transactions=checkpointer.transaction if self.config.transactional else None,
+            transactions=checkpointer if self.config.transactional else None,
         )
         outcome = ShardOutcome.STOPPED
         try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,7 @@ class Database:
 
     applied: Counter[int] = field(default_factory=Counter)
     checkpoints: list[int] = field(default_factory=list)
+    marked: Counter[int] = field(default_factory=Counter)  # recorded applied, in lanes
 
 
 @dataclass
@@ -37,6 +38,7 @@ class MemoryTransaction:
     database: Database
     writes: list[int] = field(default_factory=list)
     checkpointed: int | None = None
+    marked: list[int] = field(default_factory=list)
 
     @property
     def connection(self) -> MemoryTransaction:
@@ -52,6 +54,11 @@ class MemoryTransaction:
         self, sequence_number: SequenceNumber | None, window_state: str | None
     ) -> None:
         raise AssertionError("a delivery without windows never writes one")
+
+    async def applied(
+        self, sequence_numbers: Sequence[SequenceNumber], checkpointed: SequenceNumber | None
+    ) -> None:
+        self.marked += [int(s) for s in sequence_numbers]
 
 
 @dataclass
@@ -114,25 +121,34 @@ POISON = st.dictionaries(
     heal=st.dictionaries(st.integers(1000, 1011), st.integers(0, 3), max_size=4),
     retries=st.integers(0, 3),
     bisect=st.booleans(),
+    in_lanes=st.booleans(),
 )
 def test_resolved_records_commit_exactly_once(
-    size: int, poison: dict[int, str], heal: dict[int, int], retries: int, bisect: bool
+    size: int,
+    poison: dict[int, str],
+    heal: dict[int, int],
+    retries: int,
+    bisect: bool,
+    in_lanes: bool,
 ) -> None:
     database = Database()
     handler = TransactionalHandler(poison, heal)
     sink = Sink()
     commits: list[int] = []  # the checkpoints written outside a transaction
+    handed: list[int] = []  # every record handed to commit (in lanes: to the watermark)
 
     @contextlib.asynccontextmanager
     async def open_transaction(shard_id: ShardId) -> AsyncIterator[MemoryTransaction]:
         transaction = MemoryTransaction(database)
         yield transaction  # an exception here is a rollback: nothing applied
         database.applied.update(transaction.writes)  # a normal exit commits, as SQL would
+        database.marked.update(transaction.marked)
         if transaction.checkpointed is not None:
             database.checkpoints.append(transaction.checkpointed)
 
     async def commit(part: Batch) -> bool:
         commits.append(seq(part.records[-1]))
+        handed.extend(seq(r) for r in part.records)
         return True
 
     records = make_records(size)
@@ -152,12 +168,22 @@ def test_resolved_records_commit_exactly_once(
         backoff=NO_WAIT,
         transactional=Transactional(open_transaction, lambda part, started: None),
     )
+    if in_lanes:
+        delivery = delivery.for_lanes(commit)
     assert asyncio.run(delivery.deliver(Batch(ARN, ShardId("s"), records)))
     given_up = {seq(r) for failed in sink.sent for r in failed.records}
     every = {seq(r) for r in records}
     # Processed records applied once each; given-up records never; nothing else applied.
     assert set(database.applied) == every - given_up
     assert all(count == 1 for count in database.applied.values()), database.applied
+    if in_lanes:
+        # Each record's writes committed with the mark that it was applied, and every
+        # record went to the lanes' watermark once, in order: no checkpoint in a transaction.
+        assert database.marked == database.applied
+        assert handed == sorted(every)
+        assert database.checkpoints == []
+        return
+    assert not database.marked
     # The checkpoints moved forward only, and reached the last record one way or the other.
     written = sorted(database.checkpoints + commits)
     assert written == sorted(set(written))

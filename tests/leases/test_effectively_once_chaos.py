@@ -2,11 +2,13 @@
 PostgreSQL, one of them killed with SIGKILL every few seconds and the other paused with
 SIGSTOP past its lease expiry, while 10,000 records arrive on four shards.
 
-Two processors read the same stream. ``tx`` is transactional: it adds one to its item's
-counter and logs the record's sequence number through ``context.transaction``. ``plain``
-is an ordinary at-least-once handler appending the same facts to a file. At the end every
-``tx`` counter equals the number of records of its key and every record was applied once,
-while ``plain`` saw records twice - the duplicates the transaction kept out.
+Three processors read the same stream. ``tx`` is transactional: it adds one to its item's
+counter and logs the record's sequence number through ``context.transaction``; ``lanes``
+does the same with parallelization_factor 3 (lanes' records are committed ahead of the
+shard's checkpoint). ``plain`` is an ordinary at-least-once handler appending the same
+facts to a file. At the end every counter of both transactional processors equals the
+number of records of its key and every record was applied once, while ``plain`` saw
+records twice - the duplicates the transaction kept out.
 """
 
 from __future__ import annotations
@@ -39,11 +41,6 @@ from sqlalchemy import text
 
 HERE = os.path.dirname(__file__)
 OUT = os.path.join(HERE, f"plain-{os.environ['WORKER_ID']}-{os.getpid()}.jsonl")
-ADD = text(
-    "INSERT INTO chaos_counters (item, n) VALUES (:item, 1) "
-    "ON CONFLICT (item) DO UPDATE SET n = chaos_counters.n + 1"
-)
-APPLIED = text("INSERT INTO chaos_applied (seq) VALUES (:seq)")
 
 
 def facts(event):
@@ -53,12 +50,25 @@ def facts(event):
     ]
 
 
-async def transactional(event, context):
-    rows = facts(event)
-    for row in rows:  # one statement per record: a kill lands between them too
-        await context.transaction.execute(ADD, {"item": row["item"]})
-    await context.transaction.execute(APPLIED, [{"seq": row["seq"]} for row in rows])
-    await asyncio.sleep(0.2)  # the transaction stays open a while: kills land inside it
+def counting_into(prefix):
+    add = text(
+        f"INSERT INTO {prefix}_counters (item, n) VALUES (:item, 1) "
+        f"ON CONFLICT (item) DO UPDATE SET n = {prefix}_counters.n + 1"
+    )
+    applied = text(f"INSERT INTO {prefix}_applied (seq) VALUES (:seq)")
+
+    async def handler(event, context):
+        rows = facts(event)
+        for row in rows:  # one statement per record: a kill lands between them too
+            await context.transaction.execute(add, {"item": row["item"]})
+        await context.transaction.execute(applied, [{"seq": row["seq"]} for row in rows])
+        await asyncio.sleep(0.2)  # the transaction stays open a while: kills land inside it
+
+    return handler
+
+
+transactional = counting_into("tx")
+transactional_lanes = counting_into("lanes")
 
 
 def plain(event, context):
@@ -84,9 +94,14 @@ class Chaos:
                     handler: chaos_handlers:{handler}
                     starting_position: TRIM_HORIZON
                     batch_size: 25
-                    transactional: {str(name == "tx").lower()}
+                    transactional: {str(name != "plain").lower()}
+                    parallelization_factor: {3 if name == "lanes" else 1}
             """
-            for name, handler in (("tx", "transactional"), ("plain", "plain"))
+            for name, handler in (
+                ("tx", "transactional"),
+                ("lanes", "transactional_lanes"),
+                ("plain", "plain"),
+            )
         )
         self.config = directory / "shardwise.yaml"
         self.config.write_text(
@@ -185,8 +200,9 @@ def chaos(tmp_path: Path, postgres_url: str) -> Iterator[tuple[Chaos, ScriptedSt
     with StreamsServer() as server:
         stream = server.create_stream("Orders", shards=SHARDS)
         group = Chaos(tmp_path, server, stream.arn, postgres_url)
-        group.sql("CREATE TABLE chaos_counters (item TEXT PRIMARY KEY, n INTEGER NOT NULL)")
-        group.sql("CREATE TABLE chaos_applied (seq TEXT NOT NULL)")
+        for prefix in ("tx", "lanes"):
+            group.sql(f"CREATE TABLE {prefix}_counters (item TEXT PRIMARY KEY, n INTEGER NOT NULL)")
+            group.sql(f"CREATE TABLE {prefix}_applied (seq TEXT NOT NULL)")
         try:
             yield group, stream
         finally:
@@ -197,6 +213,7 @@ def chaos(tmp_path: Path, postgres_url: str) -> Iterator[tuple[Chaos, ScriptedSt
                     process.wait()
 
 
+@pytest.mark.timeout(400)
 def test_counters_stay_exact_through_kills_and_pauses(
     chaos: tuple[Chaos, ScriptedStream],
 ) -> None:
@@ -227,10 +244,15 @@ def test_counters_stay_exact_through_kills_and_pauses(
             group.kill_and_restart("a")
     assert sum(expected.values()) == RECORDS
 
-    def applied() -> int:
-        return int(group.sql("SELECT count(*) AS n FROM chaos_applied")[0]["n"])
+    def all_applied(prefix: str) -> Callable[[], bool]:
+        def check() -> bool:
+            rows = group.sql(f"SELECT count(*) AS n FROM {prefix}_applied")
+            return int(rows[0]["n"]) >= RECORDS
 
-    group.wait(lambda: applied() >= RECORDS, f"tx applying {RECORDS} records")
+        return check
+
+    for prefix in ("tx", "lanes"):
+        group.wait(all_applied(prefix), f"{prefix} applying {RECORDS} records")
     group.wait(
         lambda: len({row["seq"] for row in group.plain_deliveries()}) >= RECORDS,
         f"plain seeing {RECORDS} records",
@@ -238,11 +260,14 @@ def test_counters_stay_exact_through_kills_and_pauses(
     group.sleep(2)  # anything still to come (a double apply) has time to land
     group.stop_all()
 
-    counters = {row["item"]: row["n"] for row in group.sql("SELECT * FROM chaos_counters")}
-    assert counters == dict(expected)
-    sequences = Counter(row["seq"] for row in group.sql("SELECT seq FROM chaos_applied"))
-    assert len(sequences) == RECORDS
-    assert [seq for seq, count in sequences.items() if count > 1] == []
+    for prefix in ("tx", "lanes"):
+        counters = {r["item"]: r["n"] for r in group.sql(f"SELECT * FROM {prefix}_counters")}
+        assert counters == dict(expected), prefix
+        sequences = Counter(r["seq"] for r in group.sql(f"SELECT seq FROM {prefix}_applied"))
+        assert len(sequences) == RECORDS, prefix
+        assert [seq for seq, count in sequences.items() if count > 1] == [], prefix
+    # Rows of records the lanes' checkpoints have passed are deleted as they go.
+    assert len(group.sql("SELECT id FROM shardwise_applied")) < RECORDS / 25
     # The plain processor lived through the same kills and pauses: it lost nothing, and
     # the batches in flight at each kill or pause came again.
     plain = Counter(row["seq"] for row in group.plain_deliveries())

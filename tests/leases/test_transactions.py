@@ -3,12 +3,16 @@ PostgreSQL): both commit, or neither - and a worker that lost the lease commits 
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, select
 
 from shardwise.errors import LeaseLostError
 from shardwise.records import SequenceNumber, ShardId
 from shardwise.store import CheckpointStore
+from shardwise.store.models import applied
 from tests.leases.conftest import ARN, DURATION, PROCESSOR, Workers
 from tests.leases.test_coordinator import FakeClock, register, sid
 
@@ -131,3 +135,130 @@ class TestTransactions:
         with pytest.raises(LeaseLostError, match="transaction refused"):
             async with a.checkpointer(lease).transaction(lease.shard_id):
                 pass
+
+
+def seqs(*numbers: int | str) -> list[SequenceNumber]:
+    return [SequenceNumber(str(n)) for n in numbers]
+
+
+class TestAppliedInLanes:
+    """parallelization_factor > 1: a lane's transaction records the records it applied,
+    since the checkpoint cannot pass them while an earlier record is pending elsewhere."""
+
+    async def test_recorded_with_the_writes_and_read_back_past_the_checkpoint(
+        self, workers: Workers, sink: CheckpointStore
+    ) -> None:
+        await register(sink, 1)
+        a = await workers("a")
+        [lease] = await a.take_once()
+        checkpointer = a.checkpointer(lease)
+        async with checkpointer.transaction(lease.shard_id) as tx:
+            await tx.connection.execute(totals.insert().values(customer="c1", total=5))
+            await tx.applied(seqs(120, 140), None)
+        with pytest.raises(RuntimeError, match="handler failed"):
+            async with checkpointer.transaction(lease.shard_id) as tx:
+                await tx.connection.execute(totals.insert().values(customer="c2", total=1))
+                await tx.applied(seqs(150), None)
+                raise RuntimeError("handler failed")  # rolled back: 150 is not applied
+        # Sequence numbers of different lengths compare as numbers, not as text.
+        async with checkpointer.transaction(lease.shard_id) as tx:
+            await tx.applied(seqs(1000), None)
+        assert await total_rows(sink) == [("c1", 5)]
+        assert await checkpointer.applied(lease.shard_id, None) == set(seqs(120, 140, 1000))
+        assert await checkpointer.applied(lease.shard_id, SequenceNumber("99")) == set(
+            seqs(120, 140, 1000)
+        )
+        # The checkpoint passed 140: that row is done and deleted; 1000 stays.
+        await checkpointer.save(lease.shard_id, SequenceNumber("200"))
+        assert await checkpointer.applied(lease.shard_id, SequenceNumber("200")) == set(seqs(1000))
+        async with sink.engine.connect() as connection:
+            rows = (await connection.execute(select(applied.c.sequence_numbers))).all()
+        assert [json.loads(row[0]) for row in rows] == [["1000"]]
+
+    async def test_a_transaction_drops_rows_the_checkpoint_passed(
+        self, workers: Workers, sink: CheckpointStore
+    ) -> None:
+        await register(sink, 1)
+        a = await workers("a")
+        [lease] = await a.take_once()
+        checkpointer = a.checkpointer(lease)
+        for numbers in ((10, 30), (20,), (40,)):
+            async with checkpointer.transaction(lease.shard_id) as tx:
+                await tx.applied(seqs(*numbers), SequenceNumber("20"))
+        async with sink.engine.connect() as connection:
+            rows = (await connection.execute(select(applied.c.sequence_numbers))).all()
+        # (20,) was dropped by the third transaction (checkpoint 20); (10, 30) ends past it.
+        assert sorted(json.loads(row[0]) for row in rows) == [["10", "30"], ["40"]]
+
+    async def test_kpl_positions_order_by_sub_sequence(
+        self, workers: Workers, sink: CheckpointStore
+    ) -> None:
+        await register(sink, 1)
+        a = await workers("a")
+        [lease] = await a.take_once()
+        checkpointer = a.checkpointer(lease)
+        async with checkpointer.transaction(lease.shard_id) as tx:
+            await tx.applied(seqs("500:2"), None)
+        async with checkpointer.transaction(lease.shard_id) as tx:
+            await tx.applied(seqs("500:9"), None)
+        assert await checkpointer.applied(lease.shard_id, SequenceNumber("500:3")) == {
+            SequenceNumber("500:9")
+        }
+
+    async def test_a_zombie_records_nothing(
+        self, workers: Workers, sink: CheckpointStore, store_url: str
+    ) -> None:
+        only_with_concurrent_writers(store_url)
+        await register(sink, 1)
+        clock_b = FakeClock(0.0)
+        a = await workers("a", clock=FakeClock(0.0))
+        b = await workers("b", clock=clock_b)
+        await a.renew_once()
+        [lease] = await a.take_once()
+        with pytest.raises(LeaseLostError):
+            async with a.checkpointer(lease).transaction(lease.shard_id) as tx:
+                await tx.connection.execute(totals.insert().values(customer="c1", total=5))
+                await b.renew_once()
+                await b.take_once()
+                clock_b.advance(DURATION + 1)
+                assert len(await b.take_once()) == 1
+                await tx.applied(seqs(100), None)
+        assert await total_rows(sink) == []
+        [taken] = b.held().values()
+        assert await b.checkpointer(taken).applied(taken.shard_id, None) == frozenset()
+
+    async def test_finishing_the_shard_deletes_its_rows(
+        self, workers: Workers, sink: CheckpointStore
+    ) -> None:
+        await register(sink, 1)
+        a = await workers("a")
+        [lease] = await a.take_once()
+        checkpointer = a.checkpointer(lease)
+        async with checkpointer.transaction(lease.shard_id) as tx:
+            await tx.applied(seqs(100), None)
+        await checkpointer.finish(lease.shard_id, SequenceNumber("100"))
+        async with sink.engine.connect() as connection:
+            assert (await connection.execute(select(applied))).all() == []
+
+
+async def test_a_renewal_during_a_transaction_succeeds(
+    workers: Workers, sink: CheckpointStore
+) -> None:
+    """A renewal that comes while a transaction is open waits for it (SQLite: one writer)
+    or runs beside it (PostgreSQL); either way it renews, and the transaction commits. On
+    SQLite the renewal used to hold the lease's lock while waiting for the file, and the
+    transaction's checkpoint waited for that lock: both stalled until the renewal failed."""
+    await register(sink, 1)
+    a = await workers("a")
+    [lease] = await a.take_once()
+    counter = lease.counter
+    async with a.checkpointer(lease).transaction(lease.shard_id) as tx:
+        await tx.connection.execute(totals.insert().values(customer="c1", total=1))
+        renewal = asyncio.create_task(a.renew_once())
+        await asyncio.sleep(0.1)  # the renewal is under way
+        await tx.applied(seqs(5), None)
+        await tx.checkpoint(SequenceNumber("7"))
+    await renewal
+    assert lease.counter > counter  # renewed, not failed
+    assert await checkpoint_of(sink, sid(0)) == "7"
+    assert await total_rows(sink) == [("c1", 1)]

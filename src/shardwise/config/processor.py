@@ -334,11 +334,6 @@ class ProcessorConfig(ConfigModel):
                 "transactional: true needs a Python handler run in process (handler:): a "
                 "runtime or invoke URL cannot write through the store's connection"
             )
-        if self.parallelization_factor > 1:
-            raise ValueError(
-                "transactional: true does not work with parallelization_factor > 1 yet "
-                "(one lane per shard)"
-            )
         return self
 
     @model_validator(mode="after")

@@ -23,6 +23,7 @@ import asyncio
 import enum
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
@@ -40,7 +41,7 @@ from shardwise.dispatch.protocols import (
     Checkpointer,
     ShardSource,
     Transactional,
-    Transactions,
+    TransactionStore,
 )
 from shardwise.dispatch.windows import OpenWindow, WindowedDelivery
 from shardwise.errors import (
@@ -61,6 +62,7 @@ from shardwise.records import (
     Shard,
     ShardId,
     StartingPosition,
+    StreamRecord,
     shape_of,
 )
 
@@ -127,7 +129,7 @@ class ShardConsumer:
         stop: asyncio.Event,
         progress: ProcessorProgress,
         destination: Destination | None = None,
-        transactions: Transactions | None = None,
+        transactions: TransactionStore | None = None,
     ) -> None:
         self._source = source
         self._shard_id = shard_id
@@ -153,11 +155,19 @@ class ShardConsumer:
             self._limits.records_per_call,
         )
         self._last_call_at = -math.inf
+        self._transactions = transactions
         self._transactional = (
             None
             if transactions is None
-            else Transactional(transactions, self._checkpoints.transacted)
+            else Transactional(
+                transactions.transaction,
+                self._checkpoints.transacted,
+                lambda: self._checkpoints.checkpointed,
+            )
         )
+        # Records past the checkpoint that lanes' transactions applied before this worker
+        # started the shard (a crash, a lease moved): consumed without an invocation.
+        self._applied: set[SequenceNumber] = set()
         self._delivery = Delivery(
             processor=processor,
             policy=settings.policy,
@@ -196,6 +206,10 @@ class ShardConsumer:
                 window=OpenWindow.decode(await self._checkpoints.window_state()),
                 transactional=self._transactional,
             )
+        if self._transactions is not None:
+            # Loaded with one lane too: the factor may have been lowered since they were.
+            after = self._start.after
+            self._applied = set(await self._transactions.applied(self._shard_id, after))
         if factor == 1:
             return await self._run_one_lane()
         try:
@@ -210,7 +224,7 @@ class ShardConsumer:
                     stop=self._stop,
                     tasks=tasks,
                 )
-                delivery = self._delivery.with_commit(self._lanes.resolved)
+                delivery = self._delivery.for_lanes(self._lanes.resolved)
                 self._lanes.bind(delivery.deliver, self._checkpoints.lanes)
                 outcome = await self._run(tasks)
                 await self._lanes.drain()  # in-flight batches finish (nothing new starts)
@@ -325,10 +339,25 @@ class ShardConsumer:
             records = record_filter.keep(records)
             if len(records) < len(page.records):
                 self._progress.filtered(self._shard_id, len(page.records) - len(records))
+        if self._applied and records:
+            records = self._skip_applied(records)
         if self._lanes is not None:
             return await self._lanes.add(page.records, records)
         self._batcher.add(records, time.monotonic())
         return True
+
+    def _skip_applied(self, records: Sequence[StreamRecord]) -> list[StreamRecord]:
+        """``records`` less those a lane's transaction already applied (committed with the
+        handler's writes before this worker started the shard): they are resolved as read."""
+        shape = shape_of(records[0])
+        kept = [r for r in records if shape.sequence_number(r) not in self._applied]
+        if len(kept) < len(records):
+            self._applied.difference_update(shape.sequence_number(r) for r in records)
+            log.info(
+                "records already applied by a transaction are not invoked again",
+                count=len(records) - len(kept),
+            )
+        return kept
 
     async def _on_source_error(self, exc: SourceError) -> ShardOutcome | None:
         """Decide what a failed API call means; None = keep going."""

@@ -79,9 +79,13 @@ class Delivery:
         clock: Callable[[], float] = time.time,
         backoff: Backoff = HANDLER_BACKOFF,
         transactional: Transactional | None = None,
+        in_lanes: bool = False,
     ) -> None:
         self._processor = processor
         self._transactional = transactional
+        # A lane's delivery: its resolved records go to ``commit`` (the lanes' watermark)
+        # even when a transaction applied them, since the checkpoint may not pass them yet.
+        self._in_lanes = in_lanes
         self._transacted_to = 0  # the batch's records its invocations' transactions committed
         self._policy = policy
         self._destination = destination
@@ -93,8 +97,9 @@ class Delivery:
         self._backoff = backoff
         self._warned_unreported = False
 
-    def with_commit(self, commit: Commit) -> Delivery:
-        """The same delivery, committing resolved records through ``commit``."""
+    def for_lanes(self, commit: Commit) -> Delivery:
+        """The same delivery for the lanes of a shard, handing resolved records to
+        ``commit`` (``Lanes.resolved``)."""
         return Delivery(
             processor=self._processor,
             policy=self._policy,
@@ -106,6 +111,7 @@ class Delivery:
             clock=self._clock,
             backoff=self._backoff,
             transactional=self._transactional,
+            in_lanes=True,
         )
 
     async def deliver(self, batch: Batch) -> bool:
@@ -209,7 +215,10 @@ class Delivery:
         """Invoke inside a store transaction that commits the handler's writes together
         with the checkpoint of the records this invocation resolved (all of them, or the
         prefix before the first reported failure), and rolls everything back when it
-        resolved none. A lost lease (``LeaseLostError``) leaves as it is: nothing commits."""
+        resolved none. In a lane the checkpoint may not pass them yet (an earlier record is
+        pending in another lane): the transaction records them as applied instead, and the
+        lanes move the checkpoint. A lost lease (``LeaseLostError``) leaves as it is:
+        nothing commits."""
         started = time.monotonic()
         resolved = 0
         outcome: tuple[Response, str | None] = (Response(failed_from=0), None)
@@ -224,8 +233,12 @@ class Delivery:
                 resolved = end - start if response.ok else response.failed_from or 0
                 if not resolved:
                     raise _NothingResolved  # noqa: TRY301 - leaving the block rolls it back
-                last = batch.shape.sequence_number(batch.records[start + resolved - 1])
-                await transaction.checkpoint(last)
+                done = batch.records[start : start + resolved]
+                if self._in_lanes:
+                    sequence_numbers = [batch.shape.sequence_number(r) for r in done]
+                    await transaction.applied(sequence_numbers, transactional.checkpointed())
+                else:
+                    await transaction.checkpoint(batch.shape.sequence_number(done[-1]))
         except _NothingResolved:
             return outcome
         except StoreError as exc:
@@ -235,6 +248,8 @@ class Delivery:
             error = f"the processor's transaction failed: {exc}"
             log.warning("transaction failed; the batch is retried", error=str(exc))
             return Response(failed_from=0, problem=error), error
+        if self._in_lanes:
+            return outcome  # the lanes count and checkpoint them as resolved records
         self._transacted_to = start + resolved
         transactional.transacted(
             Batch(batch.stream_arn, batch.shard_id, batch.records[start : start + resolved]),

@@ -10,7 +10,7 @@ wires the two to a ``ShardConsumer``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias
@@ -30,6 +30,7 @@ __all__ = [
     "Checkpointer",
     "ShardSource",
     "Transaction",
+    "TransactionStore",
     "Transactional",
     "Transactions",
 ]
@@ -79,19 +80,44 @@ class Transaction(Protocol):
         """``checkpoint`` (None: unchanged) with the open tumbling window (None: no window
         open), both inside the transaction."""
 
+    async def applied(
+        self, sequence_numbers: Sequence[SequenceNumber], checkpointed: SequenceNumber | None
+    ) -> None:
+        """Record inside the transaction, fenced like ``checkpoint``, that it applied
+        ``sequence_numbers``: a lane's records (``parallelization_factor`` > 1) the shard's
+        checkpoint cannot pass yet. ``checkpointed`` is the shard's durable checkpoint:
+        what is recorded at or before it is not needed any more."""
+
 
 # Opens a transaction on a shard: committed when the block ends, rolled back if it raises.
 Transactions: TypeAlias = Callable[[ShardId], AbstractAsyncContextManager[Transaction]]
 
 
+class TransactionStore(Protocol):
+    """Where a transactional processor's invocations run: the store's database."""
+
+    def transaction(self, shard_id: ShardId) -> AbstractAsyncContextManager[Transaction]:
+        """A transaction on ``shard_id``: committed when the block ends, rolled back if it
+        raises."""
+        ...
+
+    async def applied(
+        self, shard_id: ShardId, after: SequenceNumber | None
+    ) -> frozenset[SequenceNumber]:
+        """The records past the checkpoint ``after`` that lanes' transactions applied
+        (``Transaction.applied``): a worker starting the shard skips them."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Transactional:
     """A transactional processor's side of delivery: ``open`` a transaction on the shard,
-    and ``transacted`` to count a part its transaction checkpointed (with when its
-    invocation started, ``time.monotonic()``)."""
+    ``transacted`` to count a part its transaction checkpointed (with when its invocation
+    started, ``time.monotonic()``), and ``checkpointed``, the shard's durable checkpoint."""
 
     open: Transactions
     transacted: Callable[[Batch, float], None]
+    checkpointed: Callable[[], SequenceNumber | None] = lambda: None
 
 
 class Checkpointer(Protocol):

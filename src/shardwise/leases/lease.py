@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -70,11 +70,17 @@ class LeaseTransaction:
     statements, ``checkpoint`` to move the shard's checkpoint with them."""
 
     def __init__(
-        self, checkpointer: FencedCheckpointer, lease: Lease, transaction: ShardTransaction
+        self,
+        checkpointer: FencedCheckpointer,
+        lease: Lease,
+        transaction: ShardTransaction,
+        *,
+        locked: bool,
     ) -> None:
         self._checkpointer = checkpointer
         self._lease = lease
         self._transaction = transaction
+        self._locked = locked  # the transaction holds the lease's lock to its end
 
     @property
     def connection(self) -> AsyncConnection:
@@ -85,8 +91,14 @@ class LeaseTransaction:
     ) -> None:
         """Move the checkpoint in the transaction; ``LeaseLostError`` if the lease is gone
         (the transaction is then rolled back as the error leaves the block)."""
-        await self._checkpointer._save_in(
-            self._lease, self._transaction, sequence_number, window_state
+        table, transaction = self._checkpointer._table, self._transaction
+        await self._checkpointer._fenced(
+            self._lease,
+            "checkpoint",
+            lambda counter: table.save_in(
+                transaction, counter, sequence_number, window_state=window_state
+            ),
+            locked=self._locked,
         )
 
     async def checkpoint_window(
@@ -94,6 +106,19 @@ class LeaseTransaction:
     ) -> None:
         """``checkpoint`` with the open tumbling window (None: no window open)."""
         await self.checkpoint(sequence_number, window_state)
+
+    async def applied(
+        self, sequence_numbers: Sequence[SequenceNumber], checkpointed: SequenceNumber | None
+    ) -> None:
+        """Record in the transaction that it applied ``sequence_numbers`` (a lane's records
+        the checkpoint cannot pass yet); ``LeaseLostError`` if the lease is gone."""
+        table, transaction = self._checkpointer._table, self._transaction
+        await self._checkpointer._fenced(
+            self._lease,
+            "checkpoint",
+            lambda counter: table.applied_in(transaction, counter, sequence_numbers, checkpointed),
+            locked=self._locked,
+        )
 
 
 @dataclass(slots=True)
@@ -131,16 +156,13 @@ class FencedCheckpointer:
         window_state: str | Keep | None,
     ) -> None:
         """Checkpoint (if ``sequence_number``) and the open tumbling window, in one write."""
-        lease = self._require(shard_id, "checkpoint")
-        async with lease.lock:
-            self._check(lease, "checkpoint")
-            try:
-                await self._table.save(
-                    shard_id, lease.counter, sequence_number, window_state=window_state
-                )
-            except LeaseLostError:
-                self._lose(lease, LossReason.TAKEN)
-                raise
+        await self._fenced(
+            self._require(shard_id, "checkpoint"),
+            "checkpoint",
+            lambda counter: self._table.save(
+                shard_id, counter, sequence_number, window_state=window_state
+            ),
+        )
 
     async def window_state(self) -> str | None:
         """The open tumbling window stored with this lease's checkpoint."""
@@ -153,8 +175,21 @@ class FencedCheckpointer:
         meanwhile commits nothing. Raising inside the block rolls it all back."""
         lease = self._require(shard_id, "transaction")
         self._check(lease, "transaction")
-        async with self._table.transaction(shard_id) as transaction:
-            yield LeaseTransaction(self, lease, transaction)
+        # SQLite: the transaction holds the file's write lock from its start, so a renewal
+        # cannot write until it ends. Holding the lease's lock as long (taken before the
+        # write lock, as a renewal takes them) keeps a renewal that holds the lease's lock
+        # from waiting on the file while the transaction waits on the lease's lock.
+        one_writer = self._table.one_writer
+        async with lease.lock if one_writer else contextlib.nullcontext():
+            async with self._table.transaction(shard_id) as transaction:
+                yield LeaseTransaction(self, lease, transaction, locked=one_writer)
+
+    async def applied(
+        self, shard_id: ShardId, after: SequenceNumber | None
+    ) -> frozenset[SequenceNumber]:
+        """The records past the checkpoint ``after`` that transactional lanes applied."""
+        self._require(shard_id, "read applied records")
+        return await self._table.applied(shard_id, after)
 
     async def finish(self, shard_id: ShardId, sequence_number: SequenceNumber | None) -> None:
         lease = self._require(shard_id, "finish")
@@ -168,19 +203,21 @@ class FencedCheckpointer:
             lease.finished = True
             self._gone(lease)
 
-    async def _save_in(
+    async def _fenced(
         self,
         lease: Lease,
-        transaction: ShardTransaction,
-        sequence_number: SequenceNumber | None,
-        window_state: str | Keep | None,
+        operation: str,
+        write: Callable[[int], Awaitable[None]],
+        *,
+        locked: bool = False,
     ) -> None:
-        async with lease.lock:  # the counter as of now: renewals move it
-            self._check(lease, "checkpoint")
+        """Run ``write`` with the lease's counter as of now (renewals move it, under the
+        lease's lock, which ``locked`` says the caller holds); a write refused for the
+        counter loses the lease."""
+        async with contextlib.nullcontext() if locked else lease.lock:
+            self._check(lease, operation)
             try:
-                await self._table.save_in(
-                    transaction, lease.counter, sequence_number, window_state=window_state
-                )
+                await write(lease.counter)
             except LeaseLostError:
                 self._lose(lease, LossReason.TAKEN)
                 raise

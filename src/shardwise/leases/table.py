@@ -11,7 +11,7 @@ finish is a lost lease (``LeaseLostError``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
@@ -119,6 +119,11 @@ class LeaseTable:
         """The open tumbling window stored with the shard's checkpoint, if any."""
         return await self._checkpoints.window_state(shard_id)
 
+    @property
+    def one_writer(self) -> bool:
+        """A transaction holds the store's only write lock (SQLite) to its end."""
+        return self._checkpoints.one_writer
+
     def transaction(self, shard_id: ShardId) -> AbstractAsyncContextManager[ShardTransaction]:
         """A store transaction whose commit carries the shard's checkpoint (fenced)."""
         return self._checkpoints.transaction(shard_id)
@@ -135,6 +140,24 @@ class LeaseTable:
         the transaction back) unless the lease is still ours at ``counter``."""
         if not await transaction.checkpoint(counter, sequence_number, window_state):
             raise self._refused("checkpoint", transaction.shard_id, counter)
+
+    async def applied_in(
+        self,
+        transaction: ShardTransaction,
+        counter: int,
+        sequence_numbers: Sequence[SequenceNumber],
+        checkpointed: SequenceNumber | None,
+    ) -> None:
+        """Record inside ``transaction`` the records a transactional lane applied, fenced:
+        ``LeaseLostError`` (the caller rolls back) unless the lease is ours at ``counter``."""
+        if not await transaction.applied(counter, sequence_numbers, checkpointed):
+            raise self._refused("checkpoint", transaction.shard_id, counter)
+
+    async def applied(
+        self, shard_id: ShardId, after: SequenceNumber | None
+    ) -> frozenset[SequenceNumber]:
+        """The records past the checkpoint ``after`` that transactional lanes applied."""
+        return await self._checkpoints.applied(shard_id, after)
 
     async def finish(
         self, shard_id: ShardId, counter: int, sequence_number: SequenceNumber | None

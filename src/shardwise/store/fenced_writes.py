@@ -36,20 +36,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
 import structlog
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shardwise.errors import StoreError
-from shardwise.records import SequenceNumber, ShardId
+from shardwise.records import SequenceNumber, ShardId, sortable_position
 from shardwise.store.engine import Execute, map_store_errors, redact_url, writer
-from shardwise.store.models import checkpoints
+from shardwise.store.models import applied, checkpoints
 
 __all__ = ["KEEP", "CheckpointWriter", "FencedCheckpoints", "Keep", "ShardTransaction"]
 
@@ -59,6 +60,7 @@ log = structlog.get_logger("shardwise.store")
 MAX_SHARDS_PER_STATEMENT: Final = 256
 
 _C = checkpoints.c
+_A = applied.c
 
 
 class Keep:
@@ -126,7 +128,31 @@ class FencedCheckpoints:
         values.update(handoff_to=None, lease_counter=_C.lease_counter + 1)
         if sequence_number is not None:
             values["sequence_number"] = sequence_number
-        return await self._update("finish", shard_id, counter, values)
+        # Read to its end: no record of it comes again, so no applied row is needed.
+        forget = delete(applied).where(self._applied_rows(shard_id))
+        return await self._update("finish", shard_id, counter, values, then=forget)
+
+    async def applied(
+        self, shard_id: ShardId, after: SequenceNumber | None
+    ) -> frozenset[SequenceNumber]:
+        """The records past ``after`` (the checkpoint) that transactional lanes applied
+        (``ShardTransaction.applied``); rows at or before it are deleted, being done."""
+        where = self._applied_rows(shard_id)
+        with map_store_errors("read applied records", self._engine.url, shard_id=shard_id):
+            async with self._writer.begin() as connection:
+                if after is not None:
+                    done = _A.last_position <= sortable_position(after)
+                    await self._execute(connection, delete(applied).where(where, done))
+                rows = await self._execute(connection, select(_A.sequence_numbers).where(where))
+                lists = [json.loads(row[0]) for row in rows]
+        return frozenset(SequenceNumber(str(s)) for found in lists for s in found)
+
+    def _applied_rows(self, shard_id: ShardId) -> Any:
+        return and_(
+            _A.processor == self.processor,
+            _A.stream_arn == self.stream_arn,
+            _A.shard_id == shard_id,
+        )
 
     async def window_state(self, shard_id: ShardId) -> str | None:
         """The open tumbling window stored with the shard's checkpoint, if any."""
@@ -135,6 +161,12 @@ class FencedCheckpoints:
             async with self._engine.connect() as connection:
                 value = (await self._execute(connection, query)).scalar()
         return None if value is None else str(value)
+
+    @property
+    def one_writer(self) -> bool:
+        """True when a transaction holds the database's only write lock to its end (SQLite):
+        no other write, a lease renewal included, can run meanwhile."""
+        return self._engine.dialect.name == "sqlite"
 
     @contextlib.asynccontextmanager
     async def transaction(self, shard_id: ShardId) -> AsyncIterator[ShardTransaction]:
@@ -175,14 +207,24 @@ class FencedCheckpoints:
         )
 
     async def _update(
-        self, operation: str, shard_id: ShardId, counter: int, values: Mapping[str, object]
+        self,
+        operation: str,
+        shard_id: ShardId,
+        counter: int,
+        values: Mapping[str, object],
+        *,
+        then: Any = None,
     ) -> bool:
+        """The fenced update, and ``then`` in the same transaction if it wrote the row."""
         statement = self._fenced_update(shard_id, counter, values)
         with map_store_errors(
             operation, self._engine.url, processor=self.processor, shard_id=shard_id
         ):
             async with self._writer.begin() as connection:
-                return (await self._execute(connection, statement)).first() is not None
+                written = (await self._execute(connection, statement)).first() is not None
+                if written and then is not None:
+                    await self._execute(connection, then)
+                return written
 
 
 class ShardTransaction:
@@ -216,6 +258,35 @@ class ShardTransaction:
         statement = self._fenced._fenced_update(self.shard_id, counter, values)
         result = await self._fenced._execute(self.connection, statement)
         return result.first() is not None
+
+    async def applied(
+        self,
+        counter: int,
+        sequence_numbers: Sequence[SequenceNumber],
+        checkpointed: SequenceNumber | None,
+    ) -> bool:
+        """Record in the transaction that it applied ``sequence_numbers`` (a lane's records
+        the checkpoint cannot pass yet), and drop rows the checkpoint (``checkpointed``)
+        has passed; False when the lease is not ours at ``counter``. The fence locks the
+        shard's checkpoint row to the commit, as ``checkpoint`` does."""
+        fenced = self._fenced
+        touch = fenced._fenced_update(self.shard_id, counter, {})
+        if (await fenced._execute(self.connection, touch)).first() is None:
+            return False
+        rows = fenced._applied_rows(self.shard_id)
+        if checkpointed is not None:
+            done = _A.last_position <= sortable_position(checkpointed)
+            await fenced._execute(self.connection, delete(applied).where(rows, done))
+        row = {
+            "processor": fenced.processor,
+            "stream_arn": fenced.stream_arn,
+            "shard_id": self.shard_id,
+            "last_position": max(sortable_position(s) for s in sequence_numbers),
+            "sequence_numbers": json.dumps(list(sequence_numbers)),
+            "created_at": datetime.now(UTC),
+        }
+        await fenced._execute(self.connection, insert(applied).values(row))
+        return True
 
 
 @dataclass(slots=True)

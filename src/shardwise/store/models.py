@@ -30,6 +30,7 @@ from sqlalchemy.types import TypeDecorator
 
 __all__ = [
     "UTCDateTime",
+    "applied",
     "checkpoints",
     "failures",
     "idempotency",
@@ -180,4 +181,30 @@ idempotency = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
     PrimaryKeyConstraint("namespace", "key"),
     Index("ix_shardwise_idempotency_expires_at", "expires_at"),
+)
+
+# One row per invocation of a transactional processor with parallelization_factor > 1
+# (migration 0008): the records one lane's transaction applied, committed with the handler's
+# writes, while the shard's checkpoint could not pass them yet (an earlier record was still
+# pending in another lane). A worker starting the shard skips these records. last_position is
+# the highest of them as records.sortable_position (sequence_number cannot be compared in
+# SQL): a row at or before the checkpoint is not needed any more and is deleted.
+applied = Table(
+    "shardwise_applied",
+    metadata,
+    Column("id", Integer(), autoincrement=True, nullable=False),
+    Column("processor", String(200), nullable=False),
+    Column("stream_arn", String(1024), nullable=False),
+    Column("shard_id", String(200), nullable=False),
+    Column("last_position", String(96), nullable=False),
+    Column("sequence_numbers", Text(), nullable=False),  # JSON list
+    Column("created_at", UTCDateTime(), nullable=False),
+    PrimaryKeyConstraint("id"),
+    Index(
+        "ix_shardwise_applied_shard_last_position",
+        "processor",
+        "stream_arn",
+        "shard_id",
+        "last_position",
+    ),
 )

@@ -388,7 +388,7 @@ async def _run(
         stop=stop,
         progress=progress,
         destination=destination,
-        transactions=None if engine is None else _transactions(engine, checkpointer),
+        transactions=None if engine is None else _Transactions(engine, checkpointer),
     )
     await recorder.start()
     try:
@@ -605,23 +605,36 @@ class _Transaction:
         self.checkpointed = sequence_number
         self.window = (window_state,)
 
+    async def applied(
+        self, sequence_numbers: Sequence[SequenceNumber], checkpointed: SequenceNumber | None
+    ) -> None:
+        return None  # the lanes checkpoint them once the watermark passes them
 
-def _transactions(
-    engine: AsyncEngine, checkpointer: _MemoryCheckpointer
-) -> Callable[[ShardId], contextlib.AbstractAsyncContextManager[_Transaction]]:
-    """Transactions on ``engine`` whose checkpoint is kept once they commit."""
+
+class _Transactions:
+    """Transactions on ``engine`` whose checkpoint is kept once they commit (a run starts
+    once: no lane's applied records are left from before it)."""
+
+    def __init__(self, engine: AsyncEngine, checkpointer: _MemoryCheckpointer) -> None:
+        self._engine = engine
+        self._checkpointer = checkpointer
 
     @contextlib.asynccontextmanager
-    async def open_transaction(shard_id: ShardId) -> AsyncIterator[_Transaction]:
-        async with engine.begin() as connection:
+    async def transaction(self, shard_id: ShardId) -> AsyncIterator[_Transaction]:
+        async with self._engine.begin() as connection:
             transaction = _Transaction(connection)
             yield transaction
         if transaction.window is not None:
-            await checkpointer.save_window(shard_id, transaction.checkpointed, *transaction.window)
+            await self._checkpointer.save_window(
+                shard_id, transaction.checkpointed, *transaction.window
+            )
         elif transaction.checkpointed is not None:
-            await checkpointer.save(shard_id, transaction.checkpointed)
+            await self._checkpointer.save(shard_id, transaction.checkpointed)
 
-    return open_transaction
+    async def applied(
+        self, shard_id: ShardId, after: SequenceNumber | None
+    ) -> frozenset[SequenceNumber]:
+        return frozenset()
 
 
 class _MemoryDestination:
