@@ -39,6 +39,7 @@ CASES: Final = (
     "processes",
     "runtimes",
     "kinesis",
+    "transactional",
     "cost",
 )
 BACKGROUND: Final = frozenset({"cost"})  # waits more than it works: runs beside the others
@@ -72,6 +73,7 @@ def _case(name: str, plan: Plan, workdir: Path) -> Coroutine[Any, Any, CaseResul
         scale,
         soak,
         throughput,
+        transactional,
     )
 
     runners: dict[str, Callable[[], Coroutine[Any, Any, CaseResult]]] = {
@@ -84,6 +86,7 @@ def _case(name: str, plan: Plan, workdir: Path) -> Coroutine[Any, Any, CaseResul
         "processes": lambda: processes.run(plan.processes, workdir),
         "runtimes": lambda: runtimes.run(plan.runtimes, workdir),
         "kinesis": lambda: kinesis.run(plan.kinesis, workdir),
+        "transactional": lambda: transactional.run(plan.transactional, workdir),
         "profile": lambda: profiling.run(plan.throughput[0], workdir, RESULTS),
         "soak": lambda: soak.run(plan.soak, workdir),
     }

@@ -11,6 +11,7 @@ from bench.kinesis import KinesisPlan
 from bench.processes import ProcessesPlan
 from bench.runtimes import RuntimesPlan
 from bench.throughput import ThroughputPlan
+from bench.transactional import TransactionalPlan
 
 __all__ = [
     "FULL",
@@ -95,6 +96,9 @@ class Plan:
             )
         )
     )
+    transactional: TransactionalPlan = field(
+        default_factory=lambda: TransactionalPlan(20_000, (10, 100, 1000), 3)
+    )
 
 
 FULL = Plan(
@@ -118,6 +122,7 @@ QUICK = Plan(
     soak=SoakPlan(4.0, 0.5, 1.0, 4, 2_000.0),
     processes=ProcessesPlan(shards=8, records_per_shard=100, timeout_s=60.0),
     runtimes=RuntimesPlan(invocations=50, batch_sizes=(1, 10), rounds=1),
+    transactional=TransactionalPlan(300, (10, 100), 1),
     kinesis=KinesisPlan(
         layouts=(
             ThroughputPlan(shards=1, records_per_shard=30_000, ceiling_seconds=0.5, timeout_s=30),

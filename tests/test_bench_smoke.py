@@ -37,6 +37,7 @@ MODULES = (
     "bench.scale",
     "bench.soak",
     "bench.throughput",
+    "bench.transactional",
 )
 FIGURE_KEYS = {"name", "value", "unit", "baseline", "ratio", "target", "target_rule", "met", "note"}
 
@@ -60,6 +61,7 @@ class TestBenchSmoke:
             "processes",
             "runtimes",
             "kinesis",
+            "transactional",
             "cost",
         }
         for case in cases.values():

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -257,3 +257,89 @@ class TestReadme:
         )
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         assert re.search(r"\b2 passed\b", done.stdout), done.stdout[-3000:]
+
+
+class TestCustomerTotals:
+    """examples/customer_totals.py: per-customer totals, exactly once with
+    ``transactional: true`` - and why an upsert alone would count twice."""
+
+    @staticmethod
+    def orders() -> list[StreamRecord]:
+        first = {"order_id": "o-1", "customer": "c-1", "amount": 10}
+        moved = {"order_id": "o-1", "customer": "c-2", "amount": 12}
+        return [
+            insert(first, keys="order_id"),
+            insert({"order_id": "o-2", "customer": "c-1", "amount": 5.25}, keys="order_id"),
+            insert({"order_id": "o-3", "customer": "c-2", "amount": 7}, keys="order_id"),
+            modify(first, moved, keys="order_id"),  # moved to c-2, and 2.00 more
+            remove({"order_id": "o-3", "customer": "c-2", "amount": 7}, keys="order_id"),
+        ]
+
+    @staticmethod
+    def totals(url: str) -> dict[str, tuple[int, int]]:
+        path = url.removeprefix("sqlite+aiosqlite:///")
+        with closing(sqlite3.connect(path)) as db:
+            rows = db.execute("SELECT customer, orders, amount_cents FROM customer_totals")
+            return {customer: (orders, cents) for customer, orders, cents in rows}
+
+    EXPECTED: ClassVar[dict[str, tuple[int, int]]] = {"c-1": (1, 525), "c-2": (1, 1200)}
+
+    async def test_the_config_keeps_exact_totals_through_a_retried_batch(
+        self, tmp_path: Path
+    ) -> None:
+        from examples.customer_totals import handler
+
+        failed: list[None] = []
+
+        async def fails_once_after_writing(event: dict[str, Any], context: Any) -> None:
+            await handler(event, context)  # its writes are in the transaction...
+            if not failed:
+                failed.append(None)
+                raise RuntimeError("crashed after writing")  # ...and rolled back with it
+
+        url = f"sqlite+aiosqlite:///{tmp_path / 'shardwise.db'}"
+        [config] = load_config(EXAMPLES / "customer_totals.yaml", env={}).processors
+        assert config.transactional
+        result = await run_processor(
+            config, self.orders(), handler=fails_once_after_writing, database_url=url
+        )
+        assert failed and result.finished and not result.failures
+        assert [i.outcome for i in result.invocations] == ["failed", "succeeded"]
+        assert self.totals(url) == self.EXPECTED
+
+    async def test_without_the_transaction_a_redelivered_batch_counts_twice(
+        self, tmp_path: Path
+    ) -> None:
+        """The same handler, its writes committed on their own (what an at-least-once
+        consumer does): a batch delivered again after a crash adds its orders again."""
+        from examples.customer_totals import handler
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        url = f"sqlite+aiosqlite:///{tmp_path / 'plain.db'}"
+        engine = create_async_engine(url)
+        event = {"Records": self.orders()}
+
+        class Context:
+            transaction: Any = None
+
+        try:
+            for _ in range(2):  # delivered, the checkpoint lost in a crash, delivered again
+                async with engine.begin() as connection:
+                    Context.transaction = connection
+                    await handler(event, Context())
+        finally:
+            await engine.dispose()
+        assert self.totals(url) == {"c-1": (2, 1050), "c-2": (2, 2400)}
+
+    def test_a_record_without_its_old_image_is_named(self) -> None:
+        from examples.customer_totals import deltas
+
+        record = modify(
+            {"order_id": "o-1", "customer": "c", "amount": 1},
+            {"order_id": "o-1", "customer": "c", "amount": 2},
+            keys="order_id",
+            view_type="NEW_IMAGE",
+        )
+        with pytest.raises(ValueError, match=r"lacks an image: .*NEW_AND_OLD_IMAGES") as caught:
+            deltas(record)
+        assert record["eventID"] in str(caught.value)

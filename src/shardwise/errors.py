@@ -9,6 +9,7 @@
     │   ├── HandlerTimeoutError          the handler ran past timeout_seconds
     │   └── FunctionError                a runtime process or invoke URL reported an error
     ├── StoreError            retriable  the checkpoint store could not be reached / written
+    │   ├── CommitUnknownError retriable a COMMIT broke off: applied or not, ask ``landed``
     │   └── StoreSchemaError             the schema is missing or newer than this release
     ├── LeaseLostError                   this worker no longer holds the shard's lease
     └── SourceError           retriable  a stream API call failed (generic)
@@ -24,9 +25,11 @@ that calls them; nothing above that module sees a botocore ``ClientError``.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import ClassVar
 
 __all__ = [
+    "CommitUnknownError",
     "ConfigError",
     "ExpiredIteratorError",
     "FunctionError",
@@ -93,6 +96,15 @@ class StoreError(ShardwiseError):
     """The checkpoint store could not be reached or written."""
 
     retriable = True
+
+
+class CommitUnknownError(StoreError):
+    """A transaction's COMMIT failed on its way (the connection broke): it may or may not
+    have been applied. ``landed`` asks the store, once it answers again, whether it was."""
+
+    def __init__(self, message: str, *, landed: Callable[[], Awaitable[bool]]) -> None:
+        super().__init__(message)
+        self.landed = landed
 
 
 class StoreSchemaError(StoreError):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from shardwise.destinations.base import FailedBatch
 from shardwise.dispatch.delivery import Delivery, FailurePolicy
 from shardwise.dispatch.protocols import Transactional
+from shardwise.errors import CommitUnknownError, StoreError
 from shardwise.observe.progress import ProcessorProgress
 from shardwise.processors import CURRENT_TRANSACTION
 from shardwise.records import Batch, SequenceNumber, ShardId
@@ -109,6 +110,24 @@ class Sink:
         return None
 
 
+# "begin": the store refuses to start the transaction; "commit-failed": COMMIT breaks off
+# and was not applied; "commit-lost": COMMIT was applied but its acknowledgement was lost.
+STORE_FAULTS = ("none", "begin", "commit-failed", "commit-lost")
+
+
+def answer(landed: bool) -> Callable[[], Awaitable[bool]]:
+    """A ``CommitUnknownError.landed`` that the store answers at the second time of asking."""
+    asked: list[None] = []
+
+    async def look_up() -> bool:
+        asked.append(None)
+        if len(asked) == 1:
+            raise StoreError("still unreachable")
+        return landed
+
+    return look_up
+
+
 POISON = st.dictionaries(
     st.integers(1000, 1011), st.sampled_from(["raise", "raise-after", "report"]), max_size=4
 )
@@ -122,6 +141,7 @@ POISON = st.dictionaries(
     retries=st.integers(0, 3),
     bisect=st.booleans(),
     in_lanes=st.booleans(),
+    store_faults=st.lists(st.sampled_from(STORE_FAULTS), max_size=8),
 )
 def test_resolved_records_commit_exactly_once(
     size: int,
@@ -130,21 +150,30 @@ def test_resolved_records_commit_exactly_once(
     retries: int,
     bisect: bool,
     in_lanes: bool,
+    store_faults: list[str],
 ) -> None:
     database = Database()
     handler = TransactionalHandler(poison, heal)
     sink = Sink()
     commits: list[int] = []  # the checkpoints written outside a transaction
     handed: list[int] = []  # every record handed to commit (in lanes: to the watermark)
+    faults = iter(store_faults)  # what the store does to each transaction, in turn
 
     @contextlib.asynccontextmanager
     async def open_transaction(shard_id: ShardId) -> AsyncIterator[MemoryTransaction]:
+        fault = next(faults, "none")
+        if fault == "begin":
+            raise StoreError("the store is unreachable")
         transaction = MemoryTransaction(database)
         yield transaction  # an exception here is a rollback: nothing applied
+        if fault == "commit-failed":  # broke off before it was applied
+            raise CommitUnknownError("connection lost", landed=answer(False))
         database.applied.update(transaction.writes)  # a normal exit commits, as SQL would
         database.marked.update(transaction.marked)
         if transaction.checkpointed is not None:
             database.checkpoints.append(transaction.checkpointed)
+        if fault == "commit-lost":  # applied, and its acknowledgement lost
+            raise CommitUnknownError("connection lost", landed=answer(True))
 
     async def commit(part: Batch) -> bool:
         commits.append(seq(part.records[-1]))
@@ -167,12 +196,16 @@ def test_resolved_records_commit_exactly_once(
         clock=lambda: NOW,
         backoff=NO_WAIT,
         transactional=Transactional(open_transaction, lambda part, started: None),
+        store_backoff=NO_WAIT,
     )
     if in_lanes:
         delivery = delivery.for_lanes(commit)
     assert asyncio.run(delivery.deliver(Batch(ARN, ShardId("s"), records)))
     given_up = {seq(r) for failed in sink.sent for r in failed.records}
     every = {seq(r) for r in records}
+    # The store failing is not the handler failing: no record is given up for it.
+    if not poison:
+        assert given_up == set()
     # Processed records applied once each; given-up records never; nothing else applied.
     assert set(database.applied) == every - given_up
     assert all(count == 1 for count in database.applied.values()), database.applied

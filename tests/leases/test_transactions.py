@@ -4,12 +4,13 @@ PostgreSQL): both commit, or neither - and a worker that lost the lease commits 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, select
+from sqlalchemy import Column, Integer, MetaData, String, Table, select, text
 
-from shardwise.errors import LeaseLostError
+from shardwise.errors import HandlerError, LeaseLostError
 from shardwise.records import SequenceNumber, ShardId
 from shardwise.store import CheckpointStore
 from shardwise.store.models import applied
@@ -262,3 +263,51 @@ async def test_a_renewal_during_a_transaction_succeeds(
     assert lease.counter > counter  # renewed, not failed
     assert await checkpoint_of(sink, sid(0)) == "7"
     assert await total_rows(sink) == [("c1", 1)]
+
+
+class TestStoreTrouble:
+    async def test_landed_tells_a_committed_transaction_from_a_rolled_back_one(
+        self, workers: Workers, sink: CheckpointStore
+    ) -> None:
+        """What a COMMIT that broke off is looked up with (CommitUnknownError.landed)."""
+        await register(sink, 1)
+        a = await workers("a")
+        [lease] = await a.take_once()
+        checkpointer = a.checkpointer(lease)
+        async with checkpointer.transaction(lease.shard_id) as tx:
+            await tx.checkpoint(SequenceNumber("100"))
+        committed = tx._transaction
+        with pytest.raises(RuntimeError):
+            async with checkpointer.transaction(lease.shard_id) as tx:
+                await tx.checkpoint(SequenceNumber("200"))
+                raise RuntimeError("rolled back")
+        rolled_back = tx._transaction
+        async with checkpointer.transaction(lease.shard_id) as tx:
+            await tx.applied(seqs(300, 301), None)
+        in_lanes = tx._transaction
+        with pytest.raises(RuntimeError):
+            async with checkpointer.transaction(lease.shard_id) as tx:
+                await tx.applied(seqs(400), None)
+                raise RuntimeError("rolled back")
+        assert await committed.landed()
+        assert not await rolled_back.landed()
+        assert await in_lanes.landed()
+        assert not await tx._transaction.landed()
+
+    async def test_a_statement_the_handler_let_fail_fails_the_invocation(
+        self, workers: Workers, sink: CheckpointStore, store_url: str
+    ) -> None:
+        """PostgreSQL aborts a transaction at its first failed statement: a handler that
+        caught the error and went on cannot commit, and that is its failure, not the
+        store's (which would run it again and again without counting)."""
+        if store_url.startswith("sqlite"):
+            pytest.skip("SQLite does not abort a transaction at a failed statement")
+        await register(sink, 1)
+        a = await workers("a")
+        [lease] = await a.take_once()
+        with pytest.raises(HandlerError, match="a statement of the processor failed earlier"):
+            async with a.checkpointer(lease).transaction(lease.shard_id) as tx:
+                with contextlib.suppress(Exception):
+                    await tx.connection.execute(text("SELECT 1 / 0"))
+                await tx.checkpoint(SequenceNumber("100"))
+        assert await checkpoint_of(sink, sid(0)) is None

@@ -24,11 +24,12 @@ from shardwise.destinations.base import (
     FailureCondition,
 )
 from shardwise.dispatch.planner import Next, RetryPlanner, Segment
-from shardwise.dispatch.protocols import Transactional
+from shardwise.dispatch.protocols import Transaction, Transactional
 from shardwise.dispatch.response import Response, interpret_response, looks_like_failure_report
-from shardwise.errors import StoreError
+from shardwise.dispatch.transacting import transact
+from shardwise.errors import HandlerError
 from shardwise.observe.progress import ProcessorProgress
-from shardwise.processors import CURRENT_TRANSACTION, Processor
+from shardwise.processors import Processor
 from shardwise.records import Batch, StreamRecord, shape_of
 from shardwise.tasks import to_completion
 
@@ -37,10 +38,6 @@ __all__ = ["Delivery", "FailurePolicy"]
 log = structlog.get_logger("shardwise.dispatch")
 
 Commit = Callable[[Batch], Awaitable[bool]]
-
-
-class _NothingResolved(Exception):
-    """The invocation resolved no record: its transaction rolls back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,12 +77,14 @@ class Delivery:
         backoff: Backoff = HANDLER_BACKOFF,
         transactional: Transactional | None = None,
         in_lanes: bool = False,
+        store_backoff: Backoff = API_BACKOFF,
     ) -> None:
         self._processor = processor
         self._transactional = transactional
         # A lane's delivery: its resolved records go to ``commit`` (the lanes' watermark)
         # even when a transaction applied them, since the checkpoint may not pass them yet.
         self._in_lanes = in_lanes
+        self._store_backoff = store_backoff  # a transaction the store failed runs again
         self._transacted_to = 0  # the batch's records its invocations' transactions committed
         self._policy = policy
         self._destination = destination
@@ -112,6 +111,7 @@ class Delivery:
             backoff=self._backoff,
             transactional=self._transactional,
             in_lanes=True,
+            store_backoff=self._store_backoff,
         )
 
     async def deliver(self, batch: Batch) -> bool:
@@ -141,18 +141,18 @@ class Delivery:
         """Act once on the current segment; False when stopping."""
         expired = self._expired_prefix(batch.records, segment.start, segment.end)
         if expired:
-            failed = self._failed(batch, segment, expired, FailureCondition.RECORD_AGE_EXCEEDED)
-            if not await self.hand_over(failed):
-                return False
-            planner.discard_prefix(expired)
-            return True
+            return await self._expire(batch, planner, segment, expired)
         planner.invoked()
-        if self._transactional is None:
-            response, error = await self._invoke(batch, segment.start, segment.end)
-        else:
-            response, error = await self._invoke_in_transaction(
+        outcome = (
+            await self._invoke(batch, segment.start, segment.end)
+            if self._transactional is None
+            else await self._invoke_in_transaction(
                 self._transactional, batch, segment.start, segment.end
             )
+        )
+        if outcome is None:
+            return False  # stopping: the rest is read again after the restart
+        response, error = outcome
         if response.ok:
             planner.succeeded()
             return True
@@ -162,6 +162,17 @@ class Delivery:
             return await self._give_up(batch, planner, segment, condition, error)
         if step is Next.RETRY:
             return not await sleep_or_stop(self._stop, self._backoff.delay(segment.attempts))
+        return True
+
+    async def _expire(
+        self, batch: Batch, planner: RetryPlanner, segment: Segment, expired: int
+    ) -> bool:
+        """The first ``expired`` records of ``segment`` are past the maximum record age: to
+        the destination, unprocessed. False when stopping."""
+        failed = self._failed(batch, segment, expired, FailureCondition.RECORD_AGE_EXCEEDED)
+        if not await self.hand_over(failed):
+            return False
+        planner.discard_prefix(expired)
         return True
 
     async def _refuse_oversized(self, batch: Batch, planner: RetryPlanner) -> bool:
@@ -211,51 +222,47 @@ class Delivery:
 
     async def _invoke_in_transaction(
         self, transactional: Transactional, batch: Batch, start: int, end: int
-    ) -> tuple[Response, str | None]:
+    ) -> tuple[Response, str | None] | None:
         """Invoke inside a store transaction that commits the handler's writes together
         with the checkpoint of the records this invocation resolved (all of them, or the
         prefix before the first reported failure), and rolls everything back when it
         resolved none. In a lane the checkpoint may not pass them yet (an earlier record is
         pending in another lane): the transaction records them as applied instead, and the
-        lanes move the checkpoint. A lost lease (``LeaseLostError``) leaves as it is:
-        nothing commits."""
+        lanes move the checkpoint. The store failing runs the invocation again without
+        counting it as failed (``transact``); None when the worker stopped meanwhile. A lost
+        lease (``LeaseLostError``) leaves as it is: nothing commits."""
         started = time.monotonic()
-        resolved = 0
-        outcome: tuple[Response, str | None] = (Response(failed_from=0), None)
-        try:
-            async with transactional.open(batch.shard_id) as transaction:
-                token = CURRENT_TRANSACTION.set(transaction.connection)
-                try:
-                    outcome = await self._invoke(batch, start, end)
-                finally:
-                    CURRENT_TRANSACTION.reset(token)
-                response = outcome[0]
-                resolved = end - start if response.ok else response.failed_from or 0
-                if not resolved:
-                    raise _NothingResolved  # noqa: TRY301 - leaving the block rolls it back
-                done = batch.records[start : start + resolved]
+
+        async def body(transaction: Transaction) -> tuple[tuple[Response, str | None, int], bool]:
+            response, error = await self._invoke(batch, start, end)
+            resolved = end - start if response.ok else response.failed_from or 0
+            if not resolved:
+                return (response, error, 0), False
+            done = batch.records[start : start + resolved]
+            try:
                 if self._in_lanes:
                     sequence_numbers = [batch.shape.sequence_number(r) for r in done]
                     await transaction.applied(sequence_numbers, transactional.checkpointed())
                 else:
                     await transaction.checkpoint(batch.shape.sequence_number(done[-1]))
-        except _NothingResolved:
-            return outcome
-        except StoreError as exc:
-            if not exc.retriable:
-                raise
-            # Rolled back: the records are not resolved, the invocation counts as failed.
-            error = f"the processor's transaction failed: {exc}"
-            log.warning("transaction failed; the batch is retried", error=str(exc))
-            return Response(failed_from=0, problem=error), error
-        if self._in_lanes:
-            return outcome  # the lanes count and checkpoint them as resolved records
-        self._transacted_to = start + resolved
-        transactional.transacted(
-            Batch(batch.stream_arn, batch.shard_id, batch.records[start : start + resolved]),
-            started,
+            except HandlerError as exc:  # the handler's own statement aborted the transaction
+                log.error("handler left its transaction unable to commit", error=str(exc))
+                return (Response(failed_from=0, problem=str(exc)), str(exc), 0), False
+            return (response, error, resolved), True
+
+        outcome = await transact(
+            transactional.open, batch.shard_id, self._stop, body, backoff=self._store_backoff
         )
-        return outcome
+        if outcome is None:
+            return None
+        (response, error, resolved), committed = outcome
+        if committed and not self._in_lanes:  # in lanes: counted and checkpointed as resolved
+            self._transacted_to = start + resolved
+            transactional.transacted(
+                Batch(batch.stream_arn, batch.shard_id, batch.records[start : start + resolved]),
+                started,
+            )
+        return response, error
 
     async def _invoke(self, batch: Batch, start: int, end: int) -> tuple[Response, str | None]:
         part = (

@@ -38,10 +38,11 @@ import structlog
 
 from shardwise.clock import HANDLER_BACKOFF, Backoff, retries
 from shardwise.destinations.base import FailedBatch, FailureCondition
-from shardwise.dispatch.protocols import Transactional
-from shardwise.errors import StoreError
+from shardwise.dispatch.protocols import Transaction, Transactional
+from shardwise.dispatch.transacting import transact
+from shardwise.errors import HandlerError
 from shardwise.observe.progress import ProcessorProgress
-from shardwise.processors import CURRENT_TRANSACTION, Processor
+from shardwise.processors import Processor
 from shardwise.records import Batch, SequenceNumber, ShardId, shape_of
 
 __all__ = ["STATE_LIMIT_BYTES", "OpenWindow", "WindowedDelivery", "window_start"]
@@ -186,6 +187,8 @@ class WindowedDelivery:
                     )
                     return await self.close(terminated_early=True)
                 return saved
+            if self._stop.is_set():
+                return False  # never given up while stopping: read again after the restart
             log.error(
                 "windowed invocation failed",
                 window=_iso(window.start),
@@ -214,35 +217,33 @@ class WindowedDelivery:
         """Invoke once: (ok, the state returned, the problem). A transactional processor's
         invocation runs in a transaction that, when it succeeded, stores the checkpoint
         (``run``'s last record) and the window ``after`` its state, and commits."""
-        if self._transactional is None:
+        transactional = self._transactional
+        if transactional is None:
             return await self._invoke(event, run)
         started = time.monotonic()
-        outcome: tuple[bool, dict[str, Any] | None, str | None] = (False, None, None)
-        try:
-            async with self._transactional.open(self._shard_id) as transaction:
-                token = CURRENT_TRANSACTION.set(transaction.connection)
-                try:
-                    outcome = await self._invoke(event, run)
-                finally:
-                    CURRENT_TRANSACTION.reset(token)
-                ok, state, _ = outcome
-                if not ok:
-                    raise _Failed  # noqa: TRY301 - leaving the block rolls it back
-                stored = after(state)
+        Outcome = tuple[bool, dict[str, Any] | None, str | None]
+
+        async def body(transaction: Transaction) -> tuple[Outcome, bool]:
+            ok, state, problem = await self._invoke(event, run)
+            if not ok:
+                return (ok, state, problem), False
+            stored = after(state)
+            try:
                 await transaction.checkpoint_window(
                     run.last_sequence_number if run else None,
                     stored.encode() if stored else None,
                 )
-        except _Failed:
-            return outcome
-        except StoreError as exc:
-            if not exc.retriable:
-                raise
-            log.warning("transaction failed; the invocation is retried", error=str(exc))
-            return False, None, f"the processor's transaction failed: {exc}"
-        if run is not None:
-            self._transactional.transacted(run, started)
-        return outcome
+            except HandlerError as exc:  # the handler's own statement aborted the transaction
+                return (False, None, str(exc)), False
+            return (ok, state, problem), True
+
+        outcome = await transact(transactional.open, self._shard_id, self._stop, body)
+        if outcome is None:
+            return False, None, "stopping"  # nothing committed; read again after the restart
+        result, committed = outcome
+        if committed and run is not None:
+            transactional.transacted(run, started)
+        return result
 
     async def _invoke(
         self, event: dict[str, Any], run: Batch | None
@@ -279,10 +280,6 @@ class WindowedDelivery:
                 last = start
             runs[-1].append(record)
         return [Batch(batch.stream_arn, batch.shard_id, run) for run in runs]
-
-
-class _Failed(Exception):
-    """The invocation failed: its transaction rolls back."""
 
 
 def _state_of(value: Any, *, final: bool) -> tuple[bool, dict[str, Any] | None, str | None]:

@@ -38,16 +38,17 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
 import structlog
-from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy import and_, bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.expression import Executable
 
-from shardwise.errors import StoreError
+from shardwise.errors import CommitUnknownError, HandlerError, StoreError
 from shardwise.records import SequenceNumber, ShardId, sortable_position
 from shardwise.store.engine import Execute, map_store_errors, redact_url, writer
 from shardwise.store.models import applied, checkpoints
@@ -93,6 +94,7 @@ class FencedCheckpoints:
         self.stream_arn = stream_arn
         self.owner = owner
         self._rows = and_(_C.processor == processor, _C.stream_arn == stream_arn)
+        self._in_transaction: dict[tuple[str, ...], Any] = {}  # see _fenced_in
 
     async def save(
         self,
@@ -183,19 +185,58 @@ class FencedCheckpoints:
         try:
             with map_store_errors("begin transaction", self._engine.url, **where):
                 transaction = await connection.begin()
+            shard_transaction = ShardTransaction(self, connection, shard_id)
             try:
                 # The block's own errors (the processor's statements included) leave as
                 # they are: what failed there is the processor's, not the store's.
-                yield ShardTransaction(self, connection, shard_id)
+                yield shard_transaction
             except BaseException:
                 with contextlib.suppress(Exception):  # the block's error is what counts
                     await transaction.rollback()
                 raise
-            with map_store_errors("commit transaction", self._engine.url, **where):
-                await transaction.commit()
+            try:
+                with map_store_errors("commit transaction", self._engine.url, **where):
+                    await transaction.commit()
+            except StoreError as exc:
+                raise CommitUnknownError(str(exc), landed=shard_transaction.landed) from exc
         finally:
             with contextlib.suppress(Exception):
                 await connection.close()
+
+    async def _fenced_in(
+        self,
+        connection: AsyncConnection,
+        shard_id: ShardId,
+        counter: int,
+        values: Mapping[str, str | None],
+    ) -> bool:
+        """The fenced update of ``values`` (sequence_number, window_state: text columns)
+        inside a caller's transaction; False when the lease is not ours at ``counter``.
+        On the hot path of a transactional processor (one per invocation): the statement
+        for each set of columns is built once, with bound parameters, and reused."""
+        columns = tuple(sorted(values))
+        statement = self._in_transaction.get(columns)
+        if statement is None:
+            fence = (
+                _C.shard_id == bindparam("fenced_shard"),
+                _C.owner == self.owner,
+                _C.lease_counter == bindparam("fenced_counter"),
+            )
+            statement = (
+                update(checkpoints)
+                .where(self._rows, *fence)
+                .values({c: bindparam(f"new_{c}") for c in columns})
+                .values(updated_at=bindparam("new_updated_at"))
+                .returning(_C.shard_id)
+            )
+            self._in_transaction[columns] = statement
+        parameters: dict[str, object] = {f"new_{c}": v for c, v in values.items()}
+        parameters.update(
+            fenced_shard=shard_id, fenced_counter=counter, new_updated_at=datetime.now(UTC)
+        )
+        with _own_statements("checkpoint in a transaction", self, shard_id):
+            result = await connection.execute(statement, parameters)
+            return result.first() is not None
 
     def _fenced_update(self, shard_id: ShardId, counter: int, values: Mapping[str, object]) -> Any:
         fence = (_C.shard_id == shard_id, _C.owner == self.owner, _C.lease_counter == counter)
@@ -227,6 +268,29 @@ class FencedCheckpoints:
                 return written
 
 
+# PostgreSQL's "current transaction is aborted": an earlier statement of the processor failed
+# (and the processor went on), so the transaction can only roll back.
+_ABORTED_TRANSACTION: Final = "25P02"
+
+
+@contextlib.contextmanager
+def _own_statements(operation: str, fenced: FencedCheckpoints, shard_id: ShardId) -> Iterator[None]:
+    """Errors of shardwise's statements inside a processor's transaction: the processor's
+    failure (``HandlerError``) when one of its own statements left the transaction aborted,
+    else the store's (``StoreError``)."""
+    try:
+        with map_store_errors(operation, fenced._engine.url, shard_id=shard_id):
+            yield
+    except StoreError as exc:
+        if getattr(getattr(exc.__cause__, "orig", None), "sqlstate", None) == _ABORTED_TRANSACTION:
+            raise HandlerError(
+                f"shard {shard_id}: the transaction cannot commit - a statement of the "
+                "processor failed earlier in it and the processor went on; the invocation "
+                "counts as failed"
+            ) from exc
+        raise
+
+
 class ShardTransaction:
     """An open transaction of ``FencedCheckpoints.transaction``: ``connection`` for the
     processor's own statements, ``checkpoint`` to move the shard's checkpoint in it."""
@@ -237,6 +301,9 @@ class ShardTransaction:
         self._fenced = fenced
         self.connection = connection
         self.shard_id = shard_id
+        # What the transaction wrote of shardwise's own: how ``landed`` recognises it.
+        self._wrote: dict[str, str | None] = {}
+        self._applied: str | None = None  # the JSON of the applied row it inserted
 
     async def checkpoint(
         self,
@@ -248,16 +315,15 @@ class ShardTransaction:
         the lease is not ours at ``counter`` (then the transaction must not commit). The
         counter is the lease's as of now (renewals move it), not as of the transaction's
         start; the row stays locked to the commit, so no renewal or steal comes between."""
-        values: dict[str, object] = {}
+        values: dict[str, str | None] = {}
         if sequence_number is not None:
             values["sequence_number"] = sequence_number
         if not isinstance(window_state, Keep):
             values["window_state"] = window_state
         if not values:
             return True
-        statement = self._fenced._fenced_update(self.shard_id, counter, values)
-        result = await self._fenced._execute(self.connection, statement)
-        return result.first() is not None
+        self._wrote.update(values)
+        return await self._fenced._fenced_in(self.connection, self.shard_id, counter, values)
 
     async def applied(
         self,
@@ -270,13 +336,13 @@ class ShardTransaction:
         has passed; False when the lease is not ours at ``counter``. The fence locks the
         shard's checkpoint row to the commit, as ``checkpoint`` does."""
         fenced = self._fenced
-        touch = fenced._fenced_update(self.shard_id, counter, {})
-        if (await fenced._execute(self.connection, touch)).first() is None:
+        if not await fenced._fenced_in(self.connection, self.shard_id, counter, {}):
             return False
         rows = fenced._applied_rows(self.shard_id)
+        statements: list[Executable] = []
         if checkpointed is not None:
             done = _A.last_position <= sortable_position(checkpointed)
-            await fenced._execute(self.connection, delete(applied).where(rows, done))
+            statements.append(delete(applied).where(rows, done))
         row = {
             "processor": fenced.processor,
             "stream_arn": fenced.stream_arn,
@@ -285,8 +351,33 @@ class ShardTransaction:
             "sequence_numbers": json.dumps(list(sequence_numbers)),
             "created_at": datetime.now(UTC),
         }
-        await fenced._execute(self.connection, insert(applied).values(row))
+        self._applied = str(row["sequence_numbers"])
+        statements.append(insert(applied).values(row))
+        with _own_statements("record applied records", fenced, self.shard_id):
+            for statement in statements:
+                await fenced._execute(self.connection, statement)
         return True
+
+    async def landed(self) -> bool:
+        """Whether this transaction was committed, asked after its COMMIT broke off: are
+        the checkpoint (and window) it wrote, or the applied row it inserted, in the store?
+        While the lease is held nobody else writes them, so finding them means it landed.
+        ``StoreError`` while the store is still unreachable."""
+        fenced = self._fenced
+        row_of = and_(fenced._rows, _C.shard_id == self.shard_id)
+        with map_store_errors("look up a commit", fenced._engine.url, shard_id=self.shard_id):
+            async with fenced._engine.connect() as connection:
+                if self._applied is not None:
+                    query = select(_A.id).where(
+                        fenced._applied_rows(self.shard_id),
+                        _A.sequence_numbers == self._applied,
+                    )
+                    return (await connection.execute(query)).first() is not None
+                if not self._wrote:
+                    return False
+                columns = [getattr(_C, name) for name in self._wrote]
+                stored = (await connection.execute(select(*columns).where(row_of))).first()
+        return stored is not None and tuple(stored) == tuple(self._wrote.values())
 
 
 @dataclass(slots=True)
