@@ -564,6 +564,39 @@ class TestUnderShardwise:
         assert sent == [f"e-{i}" for i in range(5)]
         assert invocations[0] == invocations[1] == [f"receipt-e-{i}" for i in range(5)]
 
+    async def test_a_worker_purges_expired_rows(
+        self, tmp_path: Path, moto_endpoint: str, store_url: str, rows: IdempotencyStore
+    ) -> None:
+        """store.idempotency_purge_interval_seconds: each worker deletes expired rows."""
+        now = datetime.now(UTC)
+        for key, expires in (
+            ("old", now - timedelta(minutes=1)),
+            ("live", now + timedelta(hours=1)),
+        ):
+            await rows.try_begin(
+                NS, key, token="t", expires_at=expires, in_progress_expires_at=None
+            )
+        _, table = create_table(moto_endpoint)
+        write_module(tmp_path, "noop_handler", "def handler(event, context):\n    return None\n")
+        settings = settings_for(
+            tmp_path,
+            endpoint_url=moto_endpoint,
+            store_url=store_url,
+            processors=f"""
+            - name: p
+              source: {{dynamodb: {{table: {table}}}}}
+              handler: noop_handler.handler
+              starting_position: LATEST
+            """,
+        )
+        store = settings.store.model_copy(update={"idempotency_purge_interval_seconds": 0.2})
+        async with running(settings.model_copy(update={"store": store})):
+            deadline = time.monotonic() + 20
+            while await rows.get(NS, "old") is not None:
+                assert time.monotonic() < deadline, "the expired row was not purged"
+                await asyncio.sleep(0.1)
+        assert await rows.get(NS, "live") is not None
+
 
 # --- Powertools -----------------------------------------------------------------------
 

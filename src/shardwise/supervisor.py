@@ -31,11 +31,17 @@ from shardwise.aws import (
     credential_environment,
     endpoint_override,
 )
-from shardwise.clock import relay_first
+from shardwise.clock import relay_first, sleep_or_stop
 from shardwise.config import AwsConfig, ProcessorConfig, Settings, load_config
 from shardwise.destinations import open_destination
 from shardwise.dispatch.protocols import ShardSource
-from shardwise.errors import ConfigError, HandlerImportError, ShardwiseError, first_error
+from shardwise.errors import (
+    ConfigError,
+    HandlerImportError,
+    ShardwiseError,
+    StoreError,
+    first_error,
+)
 from shardwise.functions import Function, open_processor, prepare
 from shardwise.gc_policy import GcPolicy
 from shardwise.leases import LeaseCoordinator
@@ -52,6 +58,7 @@ from shardwise.sources.kinesis import KinesisSource
 from shardwise.sources.kinesis import resolve_stream_arn as resolve_kinesis_arn
 from shardwise.sources.sigv4 import KINESIS
 from shardwise.store import CheckpointStore
+from shardwise.store.idempotency import IdempotencyStore
 
 __all__ = ["Supervisor"]
 
@@ -220,6 +227,7 @@ class Supervisor:
                     for config in enabled:
                         await self._launch(config, targets[config.name], isolated=False)
                     tasks.create_task(self._drain_deadline())
+                    tasks.create_task(self._purge_idempotency(self._connections.store))
                     self.started.set()
         except BaseExceptionGroup as group:
             # One processor failed and the others were stopped: report that failure itself.
@@ -297,6 +305,25 @@ class Supervisor:
 
     def _forget_store(self) -> None:
         self.store = None
+
+    async def _purge_idempotency(self, store: CheckpointStore) -> None:
+        """Delete the store's expired ``shardwise.idempotency`` rows at start, then every
+        ``store.idempotency_purge_interval_seconds`` until the worker stops (every worker
+        does: deleting expired rows twice is harmless)."""
+        interval = self.settings.store.idempotency_purge_interval_seconds
+        if not interval:
+            return
+        rows = IdempotencyStore(store.engine)
+        while not self.stop_event.is_set():
+            try:
+                purged = await rows.purge_expired()
+            except StoreError as exc:
+                log.warning("purging expired idempotency rows failed", error=str(exc))
+            else:
+                if purged:
+                    log.info("expired idempotency rows purged", rows=purged)
+            if await sleep_or_stop(self.stop_event, interval):
+                return
 
     async def _drain_deadline(self) -> None:
         await self.stop_event.wait()

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import textwrap
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from shardwise import __version__
 from shardwise.cli import main
+from shardwise.store.idempotency import IdempotencyStore
 from shardwise.testing import StreamsServer
 from tests.conftest import free_port
 from tests.e2e import (
@@ -281,6 +284,29 @@ class TestDatabaseCommands:
         empty = shardwise_cli("checkpoints", "-c", str(config))
         assert empty.returncode == 0, empty.stderr
         assert "no checkpoints yet" in empty.stdout
+
+    def test_purge_idempotency_deletes_expired_rows(self, tmp_path: Path) -> None:
+        handler, _ = recording_handler(tmp_path)
+        store = f"sqlite+aiosqlite:///{tmp_path / 'cp.db'}"
+        config = write_config(tmp_path, config_text("http://127.0.0.1:1", store, handler, ARN))
+
+        async def seed() -> None:
+            now = datetime.now(UTC)
+            async with await IdempotencyStore.connect(store) as rows:
+                for key, expires in (
+                    ("old", now - timedelta(hours=1)),
+                    ("live", now + timedelta(hours=1)),
+                ):
+                    await rows.try_begin(
+                        "ns", key, token="t", expires_at=expires, in_progress_expires_at=None
+                    )
+
+        asyncio.run(seed())
+        result = shardwise_cli("db", "purge-idempotency", "-c", str(config))
+        assert result.returncode == 0, result.stderr
+        assert "1 expired idempotency rows deleted" in result.stdout
+        again = shardwise_cli("db", "purge-idempotency", "-c", str(config))
+        assert "0 expired idempotency rows deleted" in again.stdout
 
     def test_checkpoints_without_schema_says_what_to_do(self, tmp_path: Path) -> None:
         handler, _ = recording_handler(tmp_path)

@@ -1,4 +1,4 @@
-"""``shardwise checkpoints`` and ``shardwise db upgrade|current``: the checkpoint store."""
+"""``shardwise checkpoints`` and ``shardwise db upgrade|current|purge-idempotency``: the store."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from shardwise.cli.exit_codes import EXIT_OK
 from shardwise.cli.table import format_table
 from shardwise.config import add_config_argument, load_config
 from shardwise.store import CheckpointStore, current_revision, redact_url, upgrade
+from shardwise.store.idempotency import IdempotencyStore
 
 __all__ = ["add_checkpoints_command", "add_db_commands"]
 
@@ -24,7 +25,7 @@ def add_checkpoints_command(
 
 
 def add_db_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``shardwise db upgrade|current``."""
+    """Register ``shardwise db upgrade|current|purge-idempotency``."""
     db = subparsers.add_parser("db", help="manage the checkpoint store's schema")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
     migrate = db_commands.add_parser("upgrade", help="apply schema migrations (Alembic)")
@@ -34,6 +35,11 @@ def add_db_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     current = db_commands.add_parser("current", help="print the schema revision")
     add_config_argument(current)
     current.set_defaults(func=_cmd_db_current)
+    purge = db_commands.add_parser(
+        "purge-idempotency", help="delete expired shardwise.idempotency rows now"
+    )
+    add_config_argument(purge)
+    purge.set_defaults(func=_cmd_db_purge_idempotency)
 
 
 def _cmd_checkpoints(args: argparse.Namespace) -> int:
@@ -75,4 +81,19 @@ def _cmd_db_current(args: argparse.Namespace) -> int:
     settings = load_config(args.config)
     revision = asyncio.run(current_revision(settings.store.url))
     print(f"{redact_url(settings.store.url)}: {revision or 'no schema (run shardwise db upgrade)'}")
+    return EXIT_OK
+
+
+def _cmd_db_purge_idempotency(args: argparse.Namespace) -> int:
+    settings = load_config(args.config)
+
+    async def purge() -> int:
+        rows = await IdempotencyStore.connect(settings.store.url, migrate=False)
+        try:
+            return await rows.purge_expired()
+        finally:
+            await rows.close()
+
+    purged = asyncio.run(purge())
+    print(f"{redact_url(settings.store.url)}: {purged} expired idempotency rows deleted")
     return EXIT_OK

@@ -88,6 +88,9 @@ class StoreConfig(ConfigModel):
 
     url: Annotated[str, _STORE_URL] = "sqlite+aiosqlite:///shardwise.db"
     """SQLAlchemy async URL; postgresql+asyncpg:// for more than one worker."""
+    idempotency_purge_interval_seconds: Seconds = Field(default=3600.0, ge=0, le=86400 * 7)
+    """How often a worker deletes expired rows of ``shardwise.idempotency`` from the store
+    (at start, then at this interval); 0: never (``shardwise db purge-idempotency``)."""
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         yield "url", redact_url(self.url)
