@@ -151,6 +151,54 @@ class TestEffectivelyOnce:
         assert failure["DDBStreamBatchInfo"]["batchSize"] == 2
 
 
+class TestStoreTrouble:
+    async def test_connections_killed_between_batches_cost_no_retry_attempt(
+        self, tmp_path: Path, moto_endpoint: str, store_url: str
+    ) -> None:
+        """PostgreSQL ends every connection of the store (a failover, an idle timeout): the
+        next transactions fail at BEGIN on dead pooled connections. That is the store's
+        failure, not the handler's: with maximum_retry_attempts 0 nothing goes to the
+        destination, and every order is counted once."""
+        if store_url.startswith("sqlite"):
+            pytest.skip("a server ending connections is a PostgreSQL matter")
+        await create_sink(store_url)
+        table, name = create_table(moto_endpoint)
+        failures = tmp_path / "failures.jsonl"
+        extra = (
+            "maximum_retry_attempts: 0\n"
+            f'          destination_config: {{on_failure: {{destination: "file://{failures}"}}}}'
+        )
+        settings = _settings(tmp_path, moto_endpoint, store_url, name, extra)
+        expected: dict[str, int] = {}
+
+        def put(first: int, count: int) -> None:
+            for n in range(first, first + count):
+                customer = f"c{n % 3}"
+                table.put_item(Item={"id": f"k{n}", "customer": customer, "amount": n})
+                expected[customer] = expected.get(customer, 0) + n
+
+        engine = create_async_engine(store_url)
+        try:
+            async with running(settings) as supervisor:  # type: ignore[arg-type]
+                stats = supervisor.progress["totals"]
+                put(1, 8)
+                await wait_until(lambda: stats.records_processed >= 8, what="8 records")
+                async with engine.connect() as connection:
+                    ended = await connection.execute(
+                        text(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                        )
+                    )
+                    assert len(ended.all()) > 0
+                put(9, 8)
+                await wait_until(lambda: stats.records_processed >= 16, what="16 records")
+        finally:
+            await engine.dispose()
+        assert await totals(store_url) == expected
+        assert read_jsonl(failures) == []
+
+
 LANES_HANDLER = """
 import os
 from sqlalchemy import text

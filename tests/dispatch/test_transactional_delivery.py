@@ -45,6 +45,10 @@ class MemoryTransaction:
     def connection(self) -> MemoryTransaction:
         return self
 
+    @property
+    def broken(self) -> bool:
+        return False
+
     def write(self, record: int) -> None:
         self.writes.append(record)
 

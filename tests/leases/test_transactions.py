@@ -311,3 +311,35 @@ class TestStoreTrouble:
                     await tx.connection.execute(text("SELECT 1 / 0"))
                 await tx.checkpoint(SequenceNumber("100"))
         assert await checkpoint_of(sink, sid(0)) is None
+
+
+async def test_the_sink_may_live_in_another_schema(
+    workers: Workers, sink: CheckpointStore, store_url: str
+) -> None:
+    """PostgreSQL: the processor's tables in a schema of their own, in the store's database,
+    commit and roll back with the checkpoint like any other."""
+    if store_url.startswith("sqlite"):
+        pytest.skip("schemas are a PostgreSQL matter")
+    async with sink.engine.begin() as connection:
+        await connection.execute(text("DROP SCHEMA IF EXISTS analytics CASCADE"))
+        await connection.execute(text("CREATE SCHEMA analytics"))
+        await connection.execute(text("CREATE TABLE analytics.totals (n INTEGER NOT NULL)"))
+    await register(sink, 1)
+    a = await workers("a")
+    [lease] = await a.take_once()
+    checkpointer = a.checkpointer(lease)
+    add = text("INSERT INTO analytics.totals (n) VALUES (1)")
+    async with checkpointer.transaction(lease.shard_id) as tx:
+        await tx.connection.execute(add)
+        await tx.checkpoint(SequenceNumber("100"))
+    with pytest.raises(RuntimeError):
+        async with checkpointer.transaction(lease.shard_id) as tx:
+            await tx.connection.execute(add)
+            await tx.checkpoint(SequenceNumber("200"))
+            raise RuntimeError("handler failed")
+    async with sink.engine.connect() as connection:
+        count = (await connection.execute(text("SELECT count(*) FROM analytics.totals"))).scalar()
+        await connection.execute(text("DROP SCHEMA analytics CASCADE"))
+        await connection.commit()
+    assert count == 1
+    assert await checkpoint_of(sink, sid(0)) == "100"

@@ -70,6 +70,11 @@ class Transaction(Protocol):
     def connection(self) -> Any:
         """The ``AsyncConnection`` the handler writes through."""
 
+    @property
+    def broken(self) -> bool:
+        """The connection to the store broke during the transaction (a statement of the
+        handler failed on it): the store's failure, not the handler's."""
+
     async def checkpoint(self, sequence_number: SequenceNumber | None) -> None:
         """Move the shard's checkpoint inside the transaction (fenced: ``LeaseLostError``
         when the lease is gone, and the transaction then rolls back)."""

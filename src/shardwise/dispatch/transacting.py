@@ -2,7 +2,8 @@
 
 The invocation (``body``) runs inside the transaction and says whether to commit: its
 records resolved, or not (a handler failure: everything rolls back). The store failing on
-its own - BEGIN, shardwise's statements, COMMIT - is not the handler's failure and must not
+its own - BEGIN, the connection breaking under a statement of the handler, shardwise's
+statements, COMMIT - is not the handler's failure and must not
 use up its retry attempts or send records to the on-failure destination: the transaction is
 rolled back and the invocation runs again after a backoff, until the store answers or the
 worker stops. A COMMIT that broke off (``CommitUnknownError``) may have been applied: the
@@ -82,6 +83,8 @@ async def _once(
                 outcome = await body(transaction)
             finally:
                 CURRENT_TRANSACTION.reset(token)
+            if transaction.broken:  # whatever the handler made of it: nothing can commit
+                raise StoreError(f"shard {shard_id}: the connection to the store broke")
             if not outcome[1]:
                 raise _RollBack  # noqa: TRY301 - leaving the block rolls it back
     except _RollBack:

@@ -86,6 +86,10 @@ class LeaseTransaction:
     def connection(self) -> AsyncConnection:
         return self._transaction.connection
 
+    @property
+    def broken(self) -> bool:
+        return self._transaction.broken
+
     async def checkpoint(
         self, sequence_number: SequenceNumber | None, window_state: str | Keep | None = KEEP
     ) -> None:

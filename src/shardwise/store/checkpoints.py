@@ -31,6 +31,7 @@ from shardwise.store.engine import (
     map_store_errors,
     open_engine,
     redact_url,
+    transactions_engine,
     writer,
 )
 from shardwise.store.fenced_writes import CheckpointWriter, FencedCheckpoints
@@ -136,6 +137,7 @@ class CheckpointStore:
         self._statements = 0
         self._state = _State.OPEN
         self._checkpoint_writer = CheckpointWriter(engine)
+        self._transactions: AsyncEngine | None = None  # opened at the first need
 
     @classmethod
     async def connect(cls, url: str, *, migrate: bool = True) -> CheckpointStore:
@@ -193,6 +195,8 @@ class CheckpointStore:
     ) -> FencedCheckpoints:
         """Checkpoints of the shards ``owner`` leases on ``processor``'s stream, fenced; the
         only way a checkpoint moves. Their statements count in ``statements``."""
+        if self._transactions is None:
+            self._transactions = transactions_engine(self._engine)
         return FencedCheckpoints(
             self._engine,
             self._checkpoint_writer,
@@ -200,6 +204,7 @@ class CheckpointStore:
             processor=processor,
             stream_arn=stream_arn,
             owner=owner,
+            transactions=self._transactions,
         )
 
     async def close(self) -> None:
@@ -208,6 +213,8 @@ class CheckpointStore:
             return
         self._state = _State.CLOSED
         await self._checkpoint_writer.close()
+        if self._transactions is not None and self._transactions is not self._engine:
+            await self._transactions.dispose()
         await self._engine.dispose()
 
     async def __aenter__(self) -> CheckpointStore:

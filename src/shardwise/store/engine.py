@@ -47,6 +47,7 @@ __all__ = [
     "open_engine",
     "parse_store_url",
     "redact_url",
+    "transactions_engine",
     "writer",
 ]
 
@@ -115,7 +116,19 @@ def _is_memory(url: URL) -> bool:
     )
 
 
-def open_engine(url: str) -> AsyncEngine:
+def transactions_engine(engine: AsyncEngine) -> AsyncEngine:
+    """The engine transactional processors' transactions run on: ``engine`` itself for
+    SQLite; for PostgreSQL a pool of their own without the pre-ping. A transaction is one
+    per invocation, so the ping's round trip was a third of what shardwise adds to one. A
+    pooled connection the server ended fails the transaction (at BEGIN, or under the
+    handler's first statement: SQLAlchemy invalidates it), which rolls back and runs again
+    on a fresh one without counting as the handler's failure (``dispatch.transacting``)."""
+    if engine.dialect.name == "sqlite":
+        return engine
+    return open_engine(engine.url.render_as_string(hide_password=False), pre_ping=False)
+
+
+def open_engine(url: str, *, pre_ping: bool = True) -> AsyncEngine:
     """An engine for a checked store URL, tuned for its backend. Connects lazily."""
     parsed = parse_store_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -125,7 +138,7 @@ def open_engine(url: str) -> AsyncEngine:
         return engine
     return create_async_engine(
         parsed,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         pool_size=5,
         max_overflow=5,
         pool_timeout=30,

@@ -85,11 +85,14 @@ class FencedCheckpoints:
         processor: str,
         stream_arn: str,
         owner: str,
+        transactions: AsyncEngine | None = None,
     ) -> None:
         self._engine = engine
         self._coalesced = coalesced
         self._execute = execute
         self._writer = writer(engine)
+        # Processors' transactions (store.engine.transactions_engine; default: ``engine``).
+        self._transactions = writer(transactions or engine)
         self.processor = processor
         self.stream_arn = stream_arn
         self.owner = owner
@@ -181,7 +184,7 @@ class FencedCheckpoints:
         writers (lease renewals included) wait for it."""
         where = {"processor": self.processor, "shard_id": shard_id}
         with map_store_errors("begin transaction", self._engine.url, **where):
-            connection = await self._writer.connect()
+            connection = await self._transactions.connect()
         try:
             with map_store_errors("begin transaction", self._engine.url, **where):
                 transaction = await connection.begin()
@@ -304,6 +307,11 @@ class ShardTransaction:
         # What the transaction wrote of shardwise's own: how ``landed`` recognises it.
         self._wrote: dict[str, str | None] = {}
         self._applied: str | None = None  # the JSON of the applied row it inserted
+
+    @property
+    def broken(self) -> bool:
+        """The connection broke (SQLAlchemy invalidated it) during the transaction."""
+        return bool(self.connection.invalidated)
 
     async def checkpoint(
         self,

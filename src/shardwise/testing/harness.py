@@ -596,6 +596,10 @@ class _Transaction:
         self.checkpointed: SequenceNumber | None = None
         self.window: tuple[str | None] | None = None  # (state,) when the window was written
 
+    @property
+    def broken(self) -> bool:
+        return bool(self.connection.invalidated)
+
     async def checkpoint(self, sequence_number: SequenceNumber | None) -> None:
         self.checkpointed = sequence_number
 
