@@ -20,16 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.handlers import noop
-from bench.harness import migrated, scratch_postgres
+from bench.harness import leased_shard, migrated, scratch_postgres
 from bench.report import Baseline, CaseResult, Figure, Target
-from shardwise.config import AwsConfig
 from shardwise.dispatch.consumer import ConsumerSettings, ShardConsumer
-from shardwise.leases import LeaseCoordinator
 from shardwise.observe.progress import ProcessorProgress
 from shardwise.processors import build_processor
-from shardwise.records import ShardId, StartingPosition
-from shardwise.sources.dynamodb_raw import open_raw_source
-from shardwise.store import CheckpointStore, ShardRegistration
+from shardwise.store import CheckpointStore
 from shardwise.testing import StreamsServer
 
 if TYPE_CHECKING:
@@ -42,44 +38,29 @@ async def statements_per_batch(
     server: StreamsServer, store_url: str, records: int, batch_size: int
 ) -> tuple[float, int]:
     """(statements per batch, batches) for one shard of ``records`` read to its end."""
-    stream = server.create_stream(f"Checkpoints{batch_size}")
-    [shard] = stream.shard_ids
-    stream.put_many(shard, records)
-    stream.close_shard(shard)
     name = f"cp{batch_size}"
-    source = await open_raw_source(
-        AwsConfig(region="us-east-1", endpoint_url=server.endpoint_url), stream.arn
-    )
     store = await CheckpointStore.connect(store_url)
-    leases = LeaseCoordinator(
-        store, processor=name, stream_arn=stream.arn, worker_id="bench", clock=lambda: 0.0
-    )
     try:
-        registration = ShardRegistration(ShardId(shard), None, StartingPosition.TRIM_HORIZON)
-        await store.register_shards(name, stream.arn, [registration])
-        [lease] = await leases.take_once()
-        progress = ProcessorProgress(name)
-        before = store.statements
-        consumer = ShardConsumer(
-            source=source,
-            shard_id=lease.shard_id,
-            start=lease.position,
-            processor=build_processor(name, noop, stream_arn=stream.arn, timeout_s=60),
-            checkpointer=leases.checkpointer(lease),
-            settings=ConsumerSettings(batch_size=batch_size, window_s=0.0),
-            stop=asyncio.Event(),
-            progress=progress,
-        )
-        await consumer.run()
-        if not lease.finished:
-            raise RuntimeError(f"shard {shard} was not read to its end")
-        statements = store.statements - before - 1  # the shard's closing "finish"
-        batches = progress.batches_processed
-        return statements / batches, batches
+        async with leased_shard(server, store, name, records) as (source, leases, lease):
+            progress = ProcessorProgress(name)
+            before = store.statements
+            consumer = ShardConsumer(
+                source=source,
+                shard_id=lease.shard_id,
+                start=lease.position,
+                processor=build_processor(name, noop, stream_arn=source.stream_arn, timeout_s=60),
+                checkpointer=leases.checkpointer(lease),
+                settings=ConsumerSettings(batch_size=batch_size, window_s=0.0),
+                stop=asyncio.Event(),
+                progress=progress,
+            )
+            await consumer.run()
+            if not lease.finished:
+                raise RuntimeError(f"shard {lease.shard_id} was not read to its end")
+            statements = store.statements - before - 1  # the shard's closing "finish"
+            return statements / progress.batches_processed, progress.batches_processed
     finally:
-        await leases.release_all()
         await store.close()
-        await source.close()
 
 
 async def run(plan: CheckpointPlan, workdir: Path) -> CaseResult:

@@ -25,10 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
-from shardwise.config import Settings, parse_config
+from shardwise.config import AwsConfig, Settings, parse_config
+from shardwise.leases import Lease, LeaseCoordinator
 from shardwise.observe.progress import ProcessorProgress
-from shardwise.store import CheckpointStore
+from shardwise.records import ShardId, StartingPosition
+from shardwise.sources.dynamodb_raw import RawDynamoDBStreamsSource, open_raw_source
+from shardwise.store import CheckpointStore, ShardRegistration
 from shardwise.supervisor import Supervisor
+from shardwise.testing import StreamsServer
 
 __all__ = [
     "PG_ADMIN_DSN",
@@ -38,6 +42,7 @@ __all__ = [
     "Timed",
     "counting_events",
     "free_port",
+    "leased_shard",
     "migrated",
     "percentile",
     "pipeline_settings",
@@ -155,6 +160,34 @@ async def scratch_postgres() -> AsyncIterator[str | None]:
         yield f"{base}/{name}"
     finally:
         await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@asynccontextmanager
+async def leased_shard(
+    server: StreamsServer, store: CheckpointStore, name: str, records: int
+) -> AsyncIterator[tuple[RawDynamoDBStreamsSource, LeaseCoordinator, Lease]]:
+    """One closed shard of ``records`` generated records, on a new stream ``name`` of
+    ``server``, registered for processor ``name`` in ``store`` and leased by a coordinator
+    whose clock stands still (never run: no renewal comes between batches): (its source,
+    the coordinator, the lease), released and closed afterwards."""
+    stream = server.create_stream(name)
+    [shard] = stream.shard_ids
+    stream.put_many(shard, records)
+    stream.close_shard(shard)
+    source = await open_raw_source(
+        AwsConfig(region=REGION, endpoint_url=server.endpoint_url), stream.arn
+    )
+    leases = LeaseCoordinator(
+        store, processor=name, stream_arn=stream.arn, worker_id="bench", clock=lambda: 0.0
+    )
+    try:
+        registration = ShardRegistration(ShardId(shard), None, StartingPosition.TRIM_HORIZON)
+        await store.register_shards(name, stream.arn, [registration])
+        [lease] = await leases.take_once()
+        yield source, leases, lease
+    finally:
+        await leases.release_all()
+        await source.close()
 
 
 async def migrated(url: str) -> str:

@@ -23,16 +23,12 @@ from typing import Any
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from bench.harness import migrated, scratch_postgres
+from bench.harness import leased_shard, migrated, scratch_postgres
 from bench.report import Baseline, CaseResult, Figure, Target
-from shardwise.config import AwsConfig
 from shardwise.dispatch.consumer import ConsumerSettings, ShardConsumer
-from shardwise.leases import LeaseCoordinator
 from shardwise.observe.progress import ProcessorProgress
 from shardwise.processors import build_processor
-from shardwise.records import ShardId, StartingPosition
-from shardwise.sources.dynamodb_raw import open_raw_source
-from shardwise.store import CheckpointStore, ShardRegistration
+from shardwise.store import CheckpointStore
 from shardwise.testing import StreamsServer
 
 __all__ = ["TransactionalPlan", "run"]
@@ -101,27 +97,14 @@ async def records_per_second(
     timeout_s: float = 120.0,
 ) -> float:
     """Records/s reading one closed shard of ``records`` to its end."""
-    stream = server.create_stream(f"Tx{run}")
-    [shard] = stream.shard_ids
-    stream.put_many(shard, records)
-    stream.close_shard(shard)
-    source = await open_raw_source(
-        AwsConfig(region="us-east-1", endpoint_url=server.endpoint_url), stream.arn
-    )
-    leases = LeaseCoordinator(
-        store, processor=run, stream_arn=stream.arn, worker_id="bench", clock=lambda: 0.0
-    )
-    try:
-        registration = ShardRegistration(ShardId(shard), None, StartingPosition.TRIM_HORIZON)
-        await store.register_shards(run, stream.arn, [registration])
-        [lease] = await leases.take_once()
+    async with leased_shard(server, store, run, records) as (source, leases, lease):
         checkpointer = leases.checkpointer(lease)
         handler = transactional_handler(run) if transactional else plain_handler(sink, run)
         consumer = ShardConsumer(
             source=source,
             shard_id=lease.shard_id,
             start=lease.position,
-            processor=build_processor(run, handler, stream_arn=stream.arn, timeout_s=60),
+            processor=build_processor(run, handler, stream_arn=source.stream_arn, timeout_s=60),
             checkpointer=checkpointer,
             settings=ConsumerSettings(batch_size=batch_size, window_s=0.0),
             stop=asyncio.Event(),
@@ -133,11 +116,8 @@ async def records_per_second(
             await consumer.run()
         elapsed = time.perf_counter() - started
         if not lease.finished:
-            raise RuntimeError(f"shard {shard} of {run} was not read to its end")
+            raise RuntimeError(f"shard {lease.shard_id} of {run} was not read to its end")
         return records / elapsed
-    finally:
-        await leases.release_all()
-        await source.close()
 
 
 async def _measure(

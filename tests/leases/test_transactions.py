@@ -228,7 +228,7 @@ class TestAppliedInLanes:
         [taken] = b.held().values()
         assert await b.checkpointer(taken).applied(taken.shard_id, None) == frozenset()
 
-    async def test_finishing_the_shard_deletes_its_rows(
+    async def test_collecting_the_finished_shard_deletes_its_rows(
         self, workers: Workers, sink: CheckpointStore
     ) -> None:
         await register(sink, 1)
@@ -237,7 +237,9 @@ class TestAppliedInLanes:
         checkpointer = a.checkpointer(lease)
         async with checkpointer.transaction(lease.shard_id) as tx:
             await tx.applied(seqs(100), None)
+        counter = lease.counter
         await checkpointer.finish(lease.shard_id, SequenceNumber("100"))
+        assert await a.table.collect(lease.shard_id, counter + 1)  # a finish takes one step
         async with sink.engine.connect() as connection:
             assert (await connection.execute(select(applied))).all() == []
 

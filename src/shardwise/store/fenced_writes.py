@@ -133,9 +133,7 @@ class FencedCheckpoints:
         values.update(handoff_to=None, lease_counter=_C.lease_counter + 1)
         if sequence_number is not None:
             values["sequence_number"] = sequence_number
-        # Read to its end: no record of it comes again, so no applied row is needed.
-        forget = delete(applied).where(self._applied_rows(shard_id))
-        return await self._update("finish", shard_id, counter, values, then=forget)
+        return await self._update("finish", shard_id, counter, values)
 
     async def applied(
         self, shard_id: ShardId, after: SequenceNumber | None
@@ -251,24 +249,14 @@ class FencedCheckpoints:
         )
 
     async def _update(
-        self,
-        operation: str,
-        shard_id: ShardId,
-        counter: int,
-        values: Mapping[str, object],
-        *,
-        then: Any = None,
+        self, operation: str, shard_id: ShardId, counter: int, values: Mapping[str, object]
     ) -> bool:
-        """The fenced update, and ``then`` in the same transaction if it wrote the row."""
         statement = self._fenced_update(shard_id, counter, values)
         with map_store_errors(
             operation, self._engine.url, processor=self.processor, shard_id=shard_id
         ):
             async with self._writer.begin() as connection:
-                written = (await self._execute(connection, statement)).first() is not None
-                if written and then is not None:
-                    await self._execute(connection, then)
-                return written
+                return (await self._execute(connection, statement)).first() is not None
 
 
 # PostgreSQL's "current transaction is aborted": an earlier statement of the processor failed

@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shardwise.records import Position, SequenceNumber, ShardId, StartingPosition
 from shardwise.store.engine import Execute, insert_unless_present, map_store_errors, writer
-from shardwise.store.models import checkpoints, leaders, workers
+from shardwise.store.models import applied, checkpoints, leaders, workers
 
 __all__ = ["LeaseRows", "Renewal", "StoredLease", "StoredLeases", "Taken"]
 
@@ -242,13 +242,25 @@ class LeaseRows:
                     await self._execute(connection, free)
 
     async def collect(self, shard_id: ShardId, counter: int) -> bool:
-        """Delete a finished shard's row, unless its counter moved from ``counter``."""
+        """Delete a finished shard's row, unless its counter moved from ``counter``, with
+        the rows transactional lanes left for it (``shardwise_applied``: its records are
+        never read again)."""
         statement = (
             delete(checkpoints)
             .where(self._shard(shard_id), _ROW.finished == true(), _ROW.lease_counter == counter)
             .returning(_ROW.shard_id)
         )
-        return await self._write_one("collect finished lease", statement, shard_id) is not None
+        left = delete(applied).where(
+            applied.c.processor == self.processor,
+            applied.c.stream_arn == self.stream_arn,
+            applied.c.shard_id == shard_id,
+        )
+        with self._errors("collect finished lease", shard_id):
+            async with self._writer.begin() as connection:
+                if (await self._execute(connection, statement)).first() is None:
+                    return False
+                await self._execute(connection, left)
+                return True
 
     # -- workers and the sync leader -------------------------------------------------------
 
