@@ -46,14 +46,22 @@ from typing import Any, Final
 import structlog
 from sqlalchemy import and_, bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.sql.expression import Executable
+from sqlalchemy.sql.expression import ColumnElement, Delete, Executable
 
 from shardwise.errors import CommitUnknownError, HandlerError, StoreError
 from shardwise.records import SequenceNumber, ShardId, sortable_position
 from shardwise.store.engine import Execute, map_store_errors, redact_url, writer
 from shardwise.store.models import applied, checkpoints
 
-__all__ = ["KEEP", "CheckpointWriter", "FencedCheckpoints", "Keep", "ShardTransaction"]
+__all__ = [
+    "KEEP",
+    "CheckpointWriter",
+    "FencedCheckpoints",
+    "Keep",
+    "ShardTransaction",
+    "applied_of",
+    "passed",
+]
 
 log = structlog.get_logger("shardwise.store")
 
@@ -62,6 +70,17 @@ MAX_SHARDS_PER_STATEMENT: Final = 256
 
 _C = checkpoints.c
 _A = applied.c
+
+
+def applied_of(processor: str, stream_arn: str, shard_id: str) -> ColumnElement[bool]:
+    """The ``shardwise_applied`` rows of one processor's shard."""
+    return and_(_A.processor == processor, _A.stream_arn == stream_arn, _A.shard_id == shard_id)
+
+
+def passed(rows: ColumnElement[bool], checkpoint: SequenceNumber) -> Delete:
+    """Delete those of ``rows`` the checkpoint has passed: their records are never read
+    again."""
+    return delete(applied).where(rows, _A.last_position <= sortable_position(checkpoint))
 
 
 class Keep:
@@ -144,18 +163,13 @@ class FencedCheckpoints:
         with map_store_errors("read applied records", self._engine.url, shard_id=shard_id):
             async with self._writer.begin() as connection:
                 if after is not None:
-                    done = _A.last_position <= sortable_position(after)
-                    await self._execute(connection, delete(applied).where(where, done))
+                    await self._execute(connection, passed(where, after))
                 rows = await self._execute(connection, select(_A.sequence_numbers).where(where))
                 lists = [json.loads(row[0]) for row in rows]
         return frozenset(SequenceNumber(str(s)) for found in lists for s in found)
 
-    def _applied_rows(self, shard_id: ShardId) -> Any:
-        return and_(
-            _A.processor == self.processor,
-            _A.stream_arn == self.stream_arn,
-            _A.shard_id == shard_id,
-        )
+    def _applied_rows(self, shard_id: ShardId) -> ColumnElement[bool]:
+        return applied_of(self.processor, self.stream_arn, shard_id)
 
     async def window_state(self, shard_id: ShardId) -> str | None:
         """The open tumbling window stored with the shard's checkpoint, if any."""
@@ -334,11 +348,9 @@ class ShardTransaction:
         fenced = self._fenced
         if not await fenced._fenced_in(self.connection, self.shard_id, counter, {}):
             return False
-        rows = fenced._applied_rows(self.shard_id)
         statements: list[Executable] = []
         if checkpointed is not None:
-            done = _A.last_position <= sortable_position(checkpointed)
-            statements.append(delete(applied).where(rows, done))
+            statements.append(passed(fenced._applied_rows(self.shard_id), checkpointed))
         row = {
             "processor": fenced.processor,
             "stream_arn": fenced.stream_arn,

@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shardwise.records import Position, SequenceNumber, ShardId, StartingPosition
 from shardwise.store.engine import Execute, insert_unless_present, map_store_errors, writer
+from shardwise.store.fenced_writes import applied_of
 from shardwise.store.models import applied, checkpoints, leaders, workers
 
 __all__ = ["LeaseRows", "Renewal", "StoredLease", "StoredLeases", "Taken"]
@@ -250,11 +251,7 @@ class LeaseRows:
             .where(self._shard(shard_id), _ROW.finished == true(), _ROW.lease_counter == counter)
             .returning(_ROW.shard_id)
         )
-        left = delete(applied).where(
-            applied.c.processor == self.processor,
-            applied.c.stream_arn == self.stream_arn,
-            applied.c.shard_id == shard_id,
-        )
+        left = delete(applied).where(applied_of(self.processor, self.stream_arn, shard_id))
         with self._errors("collect finished lease", shard_id):
             async with self._writer.begin() as connection:
                 if (await self._execute(connection, statement)).first() is None:
